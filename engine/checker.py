@@ -1,0 +1,227 @@
+"""Static checks of a loaded flow: what must hold before a single user sees it.
+
+Every rule of the engine's promise that can be decided from the file alone is
+decided here (back routes, reachability, texts in every locale, callback data
+size), so that `trt flows check` in CI rejects a broken file before deploy.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, field
+
+from engine import callback_data
+from engine.graph import FlowGraph, back_target
+from engine.loader import LoadedFlow, Loc, Problem
+from engine.registry import Registry
+from engine.spec import PLACEHOLDER, FlowSpec, LocalizedText
+
+
+@dataclass(slots=True)
+class Report:
+    problems: list[Problem] = field(default_factory=list)
+    # Declared in the file, not yet implemented in Python: shown "coming soon".
+    unimplemented_actions: list[str] = field(default_factory=list)
+    # Declared providers with no Python yet: their placeholders show a dash.
+    unimplemented_providers: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check_flow(flow: LoadedFlow, registry: Registry | None = None) -> Report:
+    checker = _Checker(flow, registry)
+    checker.run()
+    problems = sorted(set(checker.problems), key=lambda p: (p.line, p.col, p.message))
+    return Report(problems, checker.unimplemented, checker.unimplemented_providers)
+
+
+class _Checker:
+    def __init__(self, flow: LoadedFlow, registry: Registry | None) -> None:
+        self.flow = flow
+        self.spec: FlowSpec = flow.spec
+        self.registry = registry
+        self.problems: list[Problem] = []
+        self.unimplemented: list[str] = []
+        self.unimplemented_providers: list[str] = []
+
+    def at(self, loc: Loc, message: str, *, key: bool = False) -> None:
+        self.problems.append(self.flow.positions.at(loc, message, key=key))
+
+    def run(self) -> None:
+        spec = self.spec
+        if spec.fallback_locale not in spec.locales:
+            self.at(("fallback_locale",), f"fallback locale {spec.fallback_locale!r} is not listed")
+        if spec.root not in spec.states:
+            self.at(("root",), f"root state {spec.root!r} is not defined")
+            return
+        self.check_texts()
+        self.check_states()
+        self.check_declarations()
+        self.check_graph()
+
+    def text(self, loc: Loc, text: LocalizedText) -> None:
+        for locale in self.spec.locales:
+            if not text.get(locale, "").strip():
+                self.at(loc, f"missing {locale!r} text")
+        for locale in text:
+            if locale not in self.spec.locales:
+                self.at((*loc, locale), f"unknown locale {locale!r}", key=True)
+
+    def check_texts(self) -> None:
+        for name, value in self.spec.system:
+            self.text(("system", name), value)
+        for name, value in self.spec.texts.items():
+            self.text(("texts", name), value)
+
+    def check_states(self) -> None:
+        spec = self.spec
+        for name, st in spec.states.items():
+            loc: Loc = ("states", name)
+            self.text((*loc, "text"), st.text)
+            if name == spec.root:
+                if st.back or st.parent:
+                    self.at(loc, "the root state cannot have a back route")
+            elif not (st.back or st.parent):
+                self.at(loc, f"state {name!r} has no back route (set 'parent' or 'back')", key=True)
+            for key in ("parent", "back"):
+                target = getattr(st, key)
+                if target is not None and target not in spec.states:
+                    self.at((*loc, key), f"unknown state {target!r}")
+            known = self.placeholder_names(name)
+            for locale, value in st.text.items():
+                try:
+                    list(string.Formatter().parse(value))
+                except ValueError as exc:
+                    self.at((*loc, "text", locale), f"malformed placeholder braces: {exc}")
+                    continue
+                for ph in PLACEHOLDER.findall(value):
+                    if ph not in known:
+                        self.at((*loc, "text", locale), f"unknown placeholder {{{ph}}}")
+            ids: set[str] = set()
+            for r, row in enumerate(st.buttons):
+                for c, button in enumerate(row):
+                    bloc: Loc = (*loc, "buttons", r, c)
+                    if button.id in ids:
+                        self.at((*bloc, "id"), f"duplicate button id {button.id!r} in {name!r}")
+                    ids.add(button.id)
+                    self.text((*bloc, "text"), button.text)
+                    if not button.to and not button.action:
+                        self.at(bloc, f"button {button.id!r} has neither 'to' nor 'action'")
+                    if button.outcomes and not button.action:
+                        self.at((*bloc, "outcomes"), "'outcomes' needs an 'action'")
+                    for key, target in [("to", button.to)] + [
+                        ("outcomes", o) for o in button.outcomes
+                    ]:
+                        if target is not None and target not in spec.states:
+                            self.at((*bloc, key), f"unknown state {target!r}")
+                    if button.action is not None:
+                        self.action_ref((*bloc, "action"), button.action)
+            if st.options is not None:
+                oloc: Loc = (*loc, "options")
+                self.provider_ref((*oloc, "provider"), st.options.provider, kind="options")
+                if st.options.to not in spec.states:
+                    self.at((*oloc, "to"), f"unknown state {st.options.to!r}")
+                if st.options.action is not None:
+                    self.action_ref((*oloc, "action"), st.options.action)
+                if st.options.empty_text is not None:
+                    self.text((*oloc, "empty_text"), st.options.empty_text)
+                size = callback_data.longest(len(self.flow.version), 1, st.options.max_value_length)
+                if size > callback_data.MAX_BYTES:
+                    self.at(
+                        (*oloc, "max_value_length"),
+                        f"callback data can reach {size} bytes (Telegram allows "
+                        f"{callback_data.MAX_BYTES}); lower max_value_length",
+                    )
+            if st.input is not None:
+                iloc: Loc = (*loc, "input")
+                self.text((*iloc, "error"), st.input.error)
+                if st.input.next not in spec.states:
+                    self.at((*iloc, "next"), f"unknown state {st.input.next!r}")
+                if "text" in st.input.accept and st.input.example is None:
+                    self.at(iloc, "a text input needs an 'example' for the path tests")
+                if st.input.min_length > st.input.max_length:
+                    self.at((*iloc, "min_length"), "min_length is greater than max_length")
+            for p, provider in enumerate(st.data):
+                self.provider_ref((*loc, "data", p), provider, kind="data")
+
+    def placeholder_names(self, state: str) -> set[str]:
+        """Names a state's text may use: its data providers' keys and every stored value."""
+        spec = self.spec
+        names: set[str] = set()
+        for provider in spec.states[state].data:
+            declared = spec.providers.get(provider)
+            if declared is not None:
+                names.update(declared.provides)
+        for st in spec.states.values():
+            if st.input is not None:
+                names.add(st.input.store)
+            if st.options is not None:
+                names.add(st.options.store)
+        return names
+
+    def action_ref(self, loc: Loc, name: str) -> None:
+        if name not in self.spec.actions:
+            self.at(loc, f"unknown action {name!r} (declare it under 'actions')")
+
+    def provider_ref(self, loc: Loc, name: str, *, kind: str) -> None:
+        if name not in self.spec.providers:
+            self.at(loc, f"unknown provider {name!r} (declare it under 'providers')")
+            return
+        if self.registry is None:
+            return
+        registered, other = (
+            (self.registry.options_providers, self.registry.data_providers)
+            if kind == "options"
+            else (self.registry.data_providers, self.registry.options_providers)
+        )
+        if name in other:
+            self.at(loc, f"provider {name!r} is implemented, but not as a {kind} provider")
+        elif name not in registered and name not in self.unimplemented_providers:
+            self.unimplemented_providers.append(name)
+
+    def check_declarations(self) -> None:
+        used_actions = {
+            b.action for st in self.spec.states.values() for row in st.buttons for b in row
+        } | {st.options.action for st in self.spec.states.values() if st.options}
+        used_providers = {p for st in self.spec.states.values() for p in st.data} | {
+            st.options.provider for st in self.spec.states.values() if st.options
+        }
+        for name in self.spec.actions:
+            if name not in used_actions:
+                self.at(("actions", name), f"action {name!r} is declared but never used", key=True)
+            elif self.registry is not None and name not in self.registry.actions:
+                self.unimplemented.append(name)
+        for name in self.spec.providers:
+            if name not in used_providers:
+                self.at(
+                    ("providers", name), f"provider {name!r} is declared but never used", key=True
+                )
+
+    def check_graph(self) -> None:
+        spec = self.spec
+        graph = FlowGraph(spec)
+        reachable = graph.reachable_from(spec.root)
+        for name in spec.states:
+            if name not in reachable:
+                self.at(
+                    ("states", name), f"state {name!r} is unreachable from {spec.root!r}", key=True
+                )
+        for name in spec.states:
+            chain = [name]
+            current: str | None = name
+            while current is not None and current != spec.root:
+                current = back_target(spec, current) if current in spec.states else None
+                if current is None or current not in spec.states:
+                    break
+                if current in chain:
+                    self.at(
+                        ("states", name),
+                        "back chain loops: " + " -> ".join([*chain, current]),
+                        key=True,
+                    )
+                    break
+                chain.append(current)
+        if not graph.triggers(spec.root):
+            self.at(("states", spec.root), "the root state has no way out", key=True)

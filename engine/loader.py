@@ -1,0 +1,143 @@
+"""Reads flows.yaml into a `FlowSpec`, remembering where every value stands.
+
+Editors fix problems by line number, so every error, from YAML syntax to a
+wrong cross-reference found later by the checker, carries FILE:LINE:COL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from engine.spec import FlowSpec
+
+Loc = tuple[str | int, ...]
+# Builds plain scalars from composed nodes; collections are walked by hand.
+_SCALARS = yaml.SafeLoader("")
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    file: str
+    line: int
+    col: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}: {self.message}"
+
+
+class FlowError(Exception):
+    """The file cannot be used; `problems` says where and why."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("\n".join(str(p) for p in problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class Positions:
+    """1-based line and column of every value (and every mapping key) by path."""
+
+    file: str
+    values: dict[Loc, tuple[int, int]]
+    keys: dict[Loc, tuple[int, int]]
+
+    def at(self, loc: Loc, message: str, *, key: bool = False) -> Problem:
+        """A problem placed at `loc`, or at its nearest ancestor that has a position."""
+        for end in range(len(loc), -1, -1):
+            sub = loc[:end]
+            table = self.keys if key and end == len(loc) else self.values
+            pos = table.get(sub) or self.keys.get(sub)
+            if pos is not None:
+                return Problem(self.file, pos[0], pos[1], message)
+        return Problem(self.file, 1, 1, message)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedFlow:
+    spec: FlowSpec
+    positions: Positions
+    # Short and stable: it goes into every callback data, so a button from an
+    # older version of the file is recognised as stale after a deploy.
+    version: str
+
+
+def load_flow(path: str | Path) -> LoadedFlow:
+    path = Path(path)
+    try:
+        source = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FlowError([Problem(str(path), 1, 1, f"cannot read file: {exc}")]) from exc
+    return parse_flow(source, str(path))
+
+
+def parse_flow(source: str, file: str = "flows.yaml") -> LoadedFlow:
+    try:
+        node = yaml.compose(source, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        raise FlowError([Problem(file, line, col, f"YAML syntax: {exc.problem}")]) from exc
+    except yaml.YAMLError as exc:
+        raise FlowError([Problem(file, 1, 1, f"YAML: {exc}")]) from exc
+    if node is None:
+        raise FlowError([Problem(file, 1, 1, "the file is empty")])
+
+    positions = Positions(file, {}, {})
+    problems: list[Problem] = []
+    data = _to_python(node, (), positions, problems)
+    if problems:
+        raise FlowError(problems)
+    if not isinstance(data, dict):
+        raise FlowError([positions.at((), "the top level must be a mapping")])
+    try:
+        spec = FlowSpec.model_validate(data)
+    except ValidationError as exc:
+        raise FlowError(_validation_problems(exc, positions)) from exc
+    canonical = json.dumps(data, sort_keys=True, ensure_ascii=False).encode()
+    version = hashlib.blake2s(canonical, digest_size=3).hexdigest()[:4]
+    return LoadedFlow(spec, positions, version)
+
+
+def _to_python(node: yaml.Node, loc: Loc, pos: Positions, problems: list[Problem]) -> Any:
+    pos.values[loc] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = _SCALARS.construct_object(key_node)
+            if not isinstance(key, str | int):
+                problems.append(pos.at(loc, "mapping keys must be plain names"))
+                continue
+            key = str(key)
+            child = (*loc, key)
+            if key in out:
+                line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
+                problems.append(Problem(pos.file, line, col, f"duplicate key {key!r}"))
+                continue
+            pos.keys[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            out[key] = _to_python(value_node, child, pos, problems)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_to_python(item, (*loc, i), pos, problems) for i, item in enumerate(node.value)]
+    return _SCALARS.construct_object(node)
+
+
+def _validation_problems(exc: ValidationError, positions: Positions) -> list[Problem]:
+    problems = []
+    for err in exc.errors():
+        loc = tuple(part for part in err["loc"] if isinstance(part, str | int))
+        where = ".".join(str(p) for p in loc) or "top level"
+        if err["type"] == "extra_forbidden":
+            problems.append(positions.at(loc, f"unknown key {loc[-1]!r}", key=True))
+        elif err["type"] == "missing":
+            problems.append(positions.at(loc[:-1], f"missing key {loc[-1]!r} in {where}"))
+        else:
+            problems.append(positions.at(loc, f"{where}: {err['msg']}"))
+    return sorted(set(problems), key=lambda p: (p.line, p.col, p.message))

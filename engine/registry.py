@@ -1,0 +1,99 @@
+"""The typed interface through which a product plugs into the engine.
+
+The engine never imports the product: the product builds a `Registry`, fills
+it with the actions and providers that `flows.yaml` names, and hands it over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiogram import Bot
+
+from engine.spec import ArgValue
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One button of a dynamic list; `label` is plain text or a text per locale."""
+
+    value: str
+    label: str | Mapping[str, str]
+
+
+@dataclass(slots=True)
+class Context:
+    """What an action or provider sees of the conversation.
+
+    `data` is the conversation's stored data; an action may change it and the
+    change is saved with the transition (or dropped if the action raises).
+    """
+
+    bot: Bot
+    user_id: int
+    chat_id: int
+    locale: str
+    state: str
+    data: dict[str, Any]
+    args: Mapping[str, ArgValue] = field(default_factory=dict)
+    text: Callable[[str], str] = field(default=lambda key: key)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """An action's result: an optional other destination and a short notice.
+
+    `to` must be the button's `to` or one of its declared `outcomes`;
+    `notice` is a key of the `texts:` section of flows.yaml.
+    """
+
+    to: str | None = None
+    notice: str | None = None
+    notice_alert: bool = False
+
+
+Action = Callable[[Context], Awaitable[Outcome | None]]
+DataProvider = Callable[[Context], Awaitable[Mapping[str, object]]]
+OptionsProvider = Callable[[Context], Awaitable[Sequence[Option]]]
+
+
+class Registry:
+    """Names from flows.yaml mapped to the product's coroutines."""
+
+    def __init__(self) -> None:
+        self.actions: dict[str, Action] = {}
+        self.data_providers: dict[str, DataProvider] = {}
+        self.options_providers: dict[str, OptionsProvider] = {}
+
+    def action(self, name: str) -> Callable[[Action], Action]:
+        def register(func: Action) -> Action:
+            self._claim(name)
+            self.actions[name] = func
+            return func
+
+        return register
+
+    def data(self, name: str) -> Callable[[DataProvider], DataProvider]:
+        def register(func: DataProvider) -> DataProvider:
+            self._claim(name)
+            self.data_providers[name] = func
+            return func
+
+        return register
+
+    def options(self, name: str) -> Callable[[OptionsProvider], OptionsProvider]:
+        def register(func: OptionsProvider) -> OptionsProvider:
+            self._claim(name)
+            self.options_providers[name] = func
+            return func
+
+        return register
+
+    def has_provider(self, name: str) -> bool:
+        return name in self.data_providers or name in self.options_providers
+
+    def _claim(self, name: str) -> None:
+        if name in self.actions or self.has_provider(name):
+            raise ValueError(f"{name!r} is registered twice")

@@ -1,0 +1,164 @@
+"""Screens: a state's text and keyboard for one conversation.
+
+What does not depend on the conversation (labels, button ids, the layout of
+Back and Main menu) is prepared once per flow version; a render only joins
+the per-screen callback prefix and fills placeholders. Buttons are built with
+`model_construct`, skipping validation of values that were validated at load.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
+
+from engine import callback_data
+from engine.graph import back_target
+from engine.loader import LoadedFlow
+from engine.registry import Context, Option, Registry
+from engine.spec import PLACEHOLDER, Options
+
+log = logging.getLogger(__name__)
+_STATIC_CACHE_SIZE = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Screen:
+    text: str
+    markup: InlineKeyboardMarkup | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Template:
+    text: str
+    needs_values: bool
+    # Buttons built once; a render copies each with its callback data.
+    rows: tuple[tuple[tuple[InlineKeyboardButton, str], ...], ...]
+    options: Options | None
+    data_providers: tuple[str, ...]
+
+
+class _Values(dict[str, str]):
+    """Missing placeholders show a dash rather than break the screen."""
+
+    def __missing__(self, key: str) -> str:
+        return "—"
+
+
+def _escape(value: object) -> str:
+    return html.escape(str(value), quote=False)
+
+
+class Renderer:
+    def __init__(self, flow: LoadedFlow, registry: Registry) -> None:
+        self.version = flow.version
+        self.spec = flow.spec
+        self.registry = registry
+        self._templates: dict[tuple[str, str], _Template] = {}
+        # Screens with neither placeholders nor options depend only on the
+        # counter; counters are small numbers shared by many conversations.
+        self._static: dict[tuple[str, str, int], Screen] = {}
+        for name, st in self.spec.states.items():
+            for locale in self.spec.locales:
+                rows = [[(b.text, b.id) for b in row] for row in st.buttons]
+                if back_target(self.spec, name) is not None:
+                    rows.append(
+                        [
+                            (self.spec.system.back, callback_data.BACK_ID),
+                            (self.spec.system.main_menu, callback_data.MAIN_ID),
+                        ]
+                    )
+                built = tuple(
+                    tuple(
+                        (
+                            InlineKeyboardButton(text=self.local(label, locale), callback_data="-"),
+                            bid,
+                        )
+                        for label, bid in row
+                    )
+                    for row in rows
+                )
+                text = self.local(st.text, locale)
+                self._templates[name, locale] = _Template(
+                    text=text,
+                    needs_values=bool(PLACEHOLDER.search(text)),
+                    rows=built,
+                    options=st.options,
+                    data_providers=tuple(st.data),
+                )
+
+    def local(self, text: Mapping[str, str], locale: str) -> str:
+        return text.get(locale) or text.get(self.spec.fallback_locale) or next(iter(text.values()))
+
+    def label(self, option: Option, locale: str) -> str:
+        return option.label if isinstance(option.label, str) else self.local(option.label, locale)
+
+    def system(self, name: str, locale: str) -> str:
+        text: dict[str, str] = getattr(self.spec.system, name)
+        return self.local(text, locale)
+
+    def product_text(self, key: str, locale: str) -> str:
+        text = self.spec.texts.get(key)
+        return self.local(text, locale) if text else key
+
+    async def options(self, ctx: Context, options: Options) -> list[Option]:
+        provider = self.registry.options_providers.get(options.provider)
+        if provider is None:
+            return []
+        ctx.args = options.args
+        found = []
+        for option in await provider(ctx):
+            # The value is the last field of the callback data, so it may contain ":".
+            if len(option.value.encode()) > options.max_value_length:
+                log.warning("option value %r of %s dropped", option.value, options.provider)
+                continue
+            found.append(option)
+        return found
+
+    async def render(
+        self, state: str, counter: int, locale: str, context: Callable[[], Context]
+    ) -> Screen:
+        """The screen; `context` is called only when a provider needs it."""
+        tpl = self._templates[state, locale]
+        static = not tpl.needs_values and tpl.options is None
+        if static:
+            cached = self._static.get((state, locale, counter))
+            if cached is not None:
+                return cached
+        text = tpl.text
+        ctx = None if static else context()
+        if ctx is not None and tpl.needs_values:
+            values = _Values({k: _escape(v) for k, v in ctx.data.items()})
+            for name in tpl.data_providers:
+                provider = self.registry.data_providers.get(name)
+                if provider is not None:
+                    values.update({k: _escape(v) for k, v in (await provider(ctx)).items()})
+            text = text.format_map(values)
+        pre = callback_data.prefix(self.version, counter)
+        keyboard: list[list[InlineKeyboardButton]] = []
+        if ctx is not None and tpl.options is not None:
+            opt = f"{pre}{callback_data.OPTION_ID}:"
+            found = await self.options(ctx, tpl.options)
+            cols = tpl.options.columns
+            for i in range(0, len(found), cols):
+                keyboard.append(
+                    [
+                        InlineKeyboardButton(
+                            text=self.label(o, locale), callback_data=opt + o.value
+                        )
+                        for o in found[i : i + cols]
+                    ]
+                )
+            if not found and tpl.options.empty_text:
+                text = f"{text}\n\n{self.local(tpl.options.empty_text, locale)}"
+        for row in tpl.rows:
+            keyboard.append([b.model_copy(update={"callback_data": pre + bid}) for b, bid in row])
+        screen = Screen(text, InlineKeyboardMarkup(inline_keyboard=keyboard) if keyboard else None)
+        if static:
+            if len(self._static) >= _STATIC_CACHE_SIZE:
+                self._static.pop(next(iter(self._static)))
+            self._static[state, locale, counter] = screen
+        return screen

@@ -1,0 +1,123 @@
+"""Wires a `FlowEngine` into aiogram: handlers, exactly-once answers, one error path.
+
+The callback answer lives in an outer middleware on the dispatcher, so it
+runs for every callback query, matched or not, and its `finally` answers the
+query when nothing else did. A failing answer is logged, never raised, so it
+cannot hide the handler's own error (the flaw of aiogram's own
+CallbackAnswerMiddleware).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiogram import BaseMiddleware, Bot, Dispatcher, Router
+from aiogram.exceptions import TelegramAPIError
+from aiogram.filters import CommandStart
+from aiogram.types import CallbackQuery, Message, TelegramObject, User
+
+from engine.runtime import FlowEngine, Where
+
+log = logging.getLogger("engine")
+
+Handler = Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]]
+
+
+class AnswerOnce:
+    """Answers one callback query at most once, whoever calls it first."""
+
+    __slots__ = ("bot", "done", "query_id")
+
+    def __init__(self, bot: Bot, query_id: str) -> None:
+        self.bot = bot
+        self.query_id = query_id
+        self.done = False
+
+    async def __call__(self, text: str | None = None, show_alert: bool = False) -> None:
+        if self.done:
+            return
+        self.done = True
+        try:
+            await self.bot.answer_callback_query(self.query_id, text=text, show_alert=show_alert)
+        except TelegramAPIError as exc:
+            log.warning("answerCallbackQuery %s failed: %s", self.query_id, exc)
+
+
+def _locale(engine: FlowEngine, user: User | None) -> str:
+    return engine.locale_of(user) if user else engine.spec.default_locale
+
+
+def _error_text(engine: FlowEngine, user: User | None) -> tuple[str, str]:
+    error_id = secrets.token_hex(3)
+    text = engine.renderer.system("error", _locale(engine, user)).format(error_id=error_id)
+    return error_id, text
+
+
+class CallbackAnswers(BaseMiddleware):
+    def __init__(self, engine: FlowEngine) -> None:
+        self.engine = engine
+
+    async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
+        assert isinstance(event, CallbackQuery)
+        answer = AnswerOnce(data["bot"], event.id)
+        data["answer"] = answer
+        try:
+            return await handler(event, data)
+        except Exception:
+            error_id, text = _error_text(self.engine, event.from_user)
+            log.exception("callback %s failed [error %s]", event.id, error_id)
+            await answer(text, show_alert=True)
+            return None
+        finally:
+            await answer()
+
+
+class MessageErrors(BaseMiddleware):
+    """A failing message handler still gets the user an apology with an error id."""
+
+    def __init__(self, engine: FlowEngine) -> None:
+        self.engine = engine
+
+    async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
+        assert isinstance(event, Message)
+        try:
+            return await handler(event, data)
+        except Exception:
+            error_id, text = _error_text(self.engine, event.from_user)
+            log.exception("message %s failed [error %s]", event.message_id, error_id)
+            try:
+                await data["bot"].send_message(event.chat.id, text)
+            except TelegramAPIError as exc:
+                log.warning("could not send the apology for %s: %s", error_id, exc)
+            return None
+
+
+def build_router(engine: FlowEngine) -> Router:
+    router = Router(name="flows")
+
+    @router.message(CommandStart())
+    async def on_start(message: Message, bot: Bot) -> None:
+        if message.from_user is not None:
+            await engine.start(Where(bot, message.chat.id, message.from_user))
+
+    @router.callback_query()
+    async def on_tap(query: CallbackQuery, bot: Bot, answer: AnswerOnce) -> None:
+        chat_id = query.message.chat.id if query.message is not None else query.from_user.id
+        await engine.on_callback(Where(bot, chat_id, query.from_user), query, answer)
+
+    @router.message()
+    async def on_message(message: Message, bot: Bot) -> None:
+        if message.from_user is not None:
+            await engine.on_message(Where(bot, message.chat.id, message.from_user), message)
+
+    return router
+
+
+def install(dispatcher: Dispatcher, engine: FlowEngine) -> None:
+    """Answers and errors at the dispatcher, so product routers included later are covered too."""
+    dispatcher.callback_query.outer_middleware(CallbackAnswers(engine))
+    dispatcher.message.outer_middleware(MessageErrors(engine))
+    dispatcher.include_router(build_router(engine))
