@@ -1,0 +1,166 @@
+"""The database engine: one per process, shared by every store.
+
+SQLite and PostgreSQL need different care. SQLite serialises writers, so it
+runs in WAL mode (readers never block the writer) with a busy timeout (a
+writer waits for the lock instead of failing at once). PostgreSQL gets a
+bounded pool so a burst of updates queues for connections instead of
+exhausting the server's connection slots.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, PoolProxiedConnection
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from storage.settings import DatabaseSettings, parse_database_url
+
+# How long a SQLite writer waits for another writer's lock before the driver
+# reports "database is locked"; the store retries a few times on top of it.
+SQLITE_BUSY_TIMEOUT_MS = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class PoolUsage:
+    """A snapshot of the connection pool, for metrics.
+
+    size:         connections the pool keeps open at rest (pool_size).
+    checked_out:  connections in use right now.
+    overflow:     connections open beyond `size` right now (0 when none).
+    waits:        checkouts, since the engine was created, that found every
+                  connection busy and the overflow budget spent, and so had to
+                  queue for a connection (up to pool_timeout). A growing count
+                  means the pool is too small for the load.
+    wait_seconds: total time those queued checkouts spent waiting.
+    timeouts:     queued checkouts that gave up after pool_timeout.
+    """
+
+    size: int
+    checked_out: int
+    overflow: int
+    waits: int
+    wait_seconds: float
+    timeouts: int
+
+
+class _WaitStats:
+    __slots__ = ("timeouts", "wait_seconds", "waits")
+
+    def __init__(self) -> None:
+        self.waits = 0
+        self.wait_seconds = 0.0
+        self.timeouts = 0
+
+
+class InstrumentedPool(AsyncAdaptedQueuePool):
+    """A queue pool that counts the checkouts that had to wait.
+
+    Pool events fire only after a connection is handed out, so they cannot
+    tell a queued checkout from an instant one; the check has to happen on
+    the way in. A checkout queues exactly when every connection is checked
+    out and the overflow budget is spent.
+    """
+
+    def __init__(self, creator: Any, *, max_overflow: int = 10, **kw: Any) -> None:
+        super().__init__(creator, max_overflow=max_overflow, **kw)
+        self._overflow_budget = max_overflow
+        self.wait_stats = _WaitStats()
+
+    def _must_wait(self) -> bool:
+        if self.size() == 0 or self._overflow_budget < 0:
+            return False  # an unbounded pool never queues
+        return self.checkedout() >= self.size() + self._overflow_budget
+
+    def connect(self) -> PoolProxiedConnection:
+        if not self._must_wait():
+            return super().connect()
+        stats = self.wait_stats
+        stats.waits += 1
+        started = time.perf_counter()
+        try:
+            return super().connect()
+        except PoolTimeout:
+            stats.timeouts += 1
+            raise
+        finally:
+            stats.wait_seconds += time.perf_counter() - started
+
+    def recreate(self) -> InstrumentedPool:
+        # engine.dispose() swaps in a fresh pool; keep counting across it.
+        fresh = super().recreate()
+        assert isinstance(fresh, InstrumentedPool)
+        fresh.wait_stats = self.wait_stats
+        return fresh
+
+
+def _sqlite_file(url: URL) -> Path | None:
+    database = url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def _on_sqlite_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    finally:
+        cursor.close()
+
+
+def create_engine(settings: DatabaseSettings | None = None) -> AsyncEngine:
+    """The process-wide engine for `settings` (the environment when omitted)."""
+    settings = settings or DatabaseSettings()
+    url = parse_database_url(settings.database_url)
+    if url.get_backend_name() == "sqlite":
+        path = _sqlite_file(url)
+        if path is None:
+            # In-memory: one shared connection is the only way to see one database.
+            return create_async_engine(url, echo=settings.echo)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, echo=settings.echo, poolclass=InstrumentedPool)
+        event.listen(engine.sync_engine, "connect", _on_sqlite_connect)
+        return engine
+    return create_async_engine(
+        url,
+        echo=settings.echo,
+        poolclass=InstrumentedPool,
+        pool_size=settings.pool_size,
+        max_overflow=settings.max_overflow,
+        pool_timeout=settings.pool_timeout,
+        pool_pre_ping=settings.pool_pre_ping,
+    )
+
+
+def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions for ORM work off the hot path (the conversation store uses Core).
+
+    expire_on_commit=False because async code cannot lazily reload attributes
+    after a commit; objects stay readable once their session is done.
+    """
+    return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+
+
+def pool_usage(engine: AsyncEngine) -> PoolUsage:
+    """Read the pool's gauges and wait counters; cheap, no I/O."""
+    pool = engine.sync_engine.pool
+    if not isinstance(pool, AsyncAdaptedQueuePool):
+        return PoolUsage(size=0, checked_out=0, overflow=0, waits=0, wait_seconds=0.0, timeouts=0)
+    stats = pool.wait_stats if isinstance(pool, InstrumentedPool) else _WaitStats()
+    return PoolUsage(
+        size=pool.size(),
+        checked_out=pool.checkedout(),
+        overflow=max(0, pool.overflow()),
+        waits=stats.waits,
+        wait_seconds=stats.wait_seconds,
+        timeouts=stats.timeouts,
+    )

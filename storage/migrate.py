@@ -1,0 +1,88 @@
+"""Migrations from Python: for `trt migrate`, start-up and tests.
+
+Alembic's env.py runs its own event loop (asyncio.run), which cannot start in
+a thread whose loop is already running. Every call here therefore runs
+Alembic on a short-lived thread of its own: it works the same from plain
+code, from a worker thread (asyncio.to_thread) or, blocking that loop for the
+duration, from inside a coroutine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection
+
+from alembic import command
+from storage.db import create_engine
+from storage.settings import DatabaseSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+ALEMBIC_INI = ROOT / "alembic.ini"
+
+_T = TypeVar("_T")
+
+
+def _scripts_config() -> Config:
+    config = Config(str(ALEMBIC_INI))
+    # Absolute, so the current directory does not matter.
+    config.set_main_option("script_location", str(ROOT / "alembic"))
+    return config
+
+
+def alembic_config(database_url: str | None = None) -> Config:
+    """The repo's alembic.ini, pointed at `database_url` (DATABASE_URL when None)."""
+    url = database_url or DatabaseSettings().database_url
+    config = _scripts_config()
+    # Passed as an attribute, not the ini option, so a '%' in a password is
+    # not taken for ConfigParser interpolation.
+    config.attributes["database_url"] = url
+    config.attributes["configure_logging"] = False
+    return config
+
+
+def _on_own_thread(work: Callable[[], _T]) -> _T:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="alembic") as pool:
+        return pool.submit(work).result()
+
+
+def upgrade_to_head(database_url: str | None = None) -> None:
+    config = alembic_config(database_url)
+    _on_own_thread(lambda: command.upgrade(config, "head"))
+
+
+def downgrade_to_base(database_url: str | None = None) -> None:
+    config = alembic_config(database_url)
+    _on_own_thread(lambda: command.downgrade(config, "base"))
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(_scripts_config()).get_current_head()
+    if head is None:
+        raise RuntimeError(f"no migrations under {ROOT / 'alembic' / 'versions'}")
+    return head
+
+
+def current_revision(database_url: str | None = None) -> str | None:
+    """The revision the database is at; None for a database never migrated."""
+    url = database_url or DatabaseSettings().database_url
+
+    def read(connection: Connection) -> str | None:
+        return MigrationContext.configure(connection).get_current_revision()
+
+    async def probe() -> str | None:
+        engine = create_engine(DatabaseSettings(database_url=url))
+        try:
+            async with engine.connect() as connection:
+                return await connection.run_sync(read)
+        finally:
+            await engine.dispose()
+
+    return _on_own_thread(lambda: asyncio.run(probe()))

@@ -1,0 +1,68 @@
+"""Database settings from the environment and `.env`.
+
+The URL is checked here, at start-up, so that a typo in DATABASE_URL fails with
+a message naming the variable instead of surfacing later as an obscure driver
+error on the first update a user sends.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/bot.db"
+
+# Only async drivers: the whole stack runs on one event loop, and a sync driver
+# would block it on every query.
+SUPPORTED_DRIVERS = ("sqlite+aiosqlite", "postgresql+asyncpg")
+
+
+def parse_database_url(raw: str) -> URL:
+    """Parse and vet a database URL; the error never echoes a password."""
+    try:
+        url = make_url(raw)
+    except ArgumentError:
+        raise ValueError(
+            "DATABASE_URL is not a database URL; expected e.g. "
+            f"{DEFAULT_DATABASE_URL!r} or 'postgresql+asyncpg://user:password@host:5432/db'"
+        ) from None
+    shown = url.render_as_string(hide_password=True)
+    if url.drivername not in SUPPORTED_DRIVERS:
+        raise ValueError(
+            f"DATABASE_URL {shown!r} uses driver {url.drivername!r}; "
+            f"supported: {', '.join(SUPPORTED_DRIVERS)}"
+        )
+    if url.get_backend_name() == "sqlite" and (url.host or url.port):
+        raise ValueError(
+            f"DATABASE_URL {shown!r} names a host, but SQLite takes a file path: "
+            "use three slashes for a relative path (sqlite+aiosqlite:///./data/bot.db) "
+            "or four for an absolute one"
+        )
+    if url.get_backend_name() == "postgresql" and not url.database:
+        raise ValueError(f"DATABASE_URL {shown!r} names no database")
+    return url
+
+
+class DatabaseSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        extra="ignore",
+        populate_by_name=True,
+        # The URL may carry a password; keep it out of validation messages.
+        hide_input_in_errors=True,
+    )
+
+    database_url: str = Field(default=DEFAULT_DATABASE_URL, alias="DATABASE_URL")
+    pool_size: int = Field(default=10, alias="DB_POOL_SIZE", ge=1)
+    max_overflow: int = Field(default=10, alias="DB_MAX_OVERFLOW", ge=0)
+    pool_timeout: float = Field(default=10.0, alias="DB_POOL_TIMEOUT", gt=0)
+    pool_pre_ping: bool = Field(default=True, alias="DB_POOL_PRE_PING")
+    echo: bool = Field(default=False, alias="DB_ECHO")
+
+    @field_validator("database_url")
+    @classmethod
+    def _valid_url(cls, value: str) -> str:
+        parse_database_url(value)
+        return value
