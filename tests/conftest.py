@@ -1,0 +1,122 @@
+"""Fixtures shared across the suite.
+
+Database fixtures run each test on SQLite and on PostgreSQL, every test on a
+database of its own: a file under tmp_path, or a freshly created PostgreSQL
+database dropped afterwards. Without PostgreSQL the PostgreSQL half is
+skipped locally but fails in CI, where a silent skip would hide a whole
+backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from storage.db import create_engine
+from storage.migrate import upgrade_to_head
+from storage.settings import DatabaseSettings
+
+_T = TypeVar("_T")
+
+# ---------------------------------------------------------------- databases
+
+DEFAULT_TEST_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+DATABASES = ["sqlite", "postgresql"]
+
+
+def run_on_own_loop(make: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
+    """Run a coroutine to completion from sync code, even while a test's loop exists.
+
+    A thread of its own keeps asyncio.run from touching the loop that
+    pytest-asyncio has set for the main thread.
+    """
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(lambda: asyncio.run(make())).result()
+
+
+def postgres_required() -> bool:
+    return os.environ.get("CI") == "true" or os.environ.get("REQUIRE_POSTGRES") == "1"
+
+
+async def _admin(url: URL, sql: str) -> None:
+    # AUTOCOMMIT: CREATE/DROP DATABASE cannot run inside a transaction.
+    engine = create_async_engine(
+        url, isolation_level="AUTOCOMMIT", poolclass=NullPool, connect_args={"timeout": 5}
+    )
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text(sql))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> URL:
+    """TEST_DATABASE_URL, once the server has answered; used to create test databases."""
+    raw = os.environ.get("TEST_DATABASE_URL") or DEFAULT_TEST_DATABASE_URL
+    url = make_url(raw)
+    if url.drivername == "postgresql":
+        url = url.set(drivername="postgresql+asyncpg")
+    try:
+        run_on_own_loop(lambda: _admin(url, "SELECT 1"))
+    except (OSError, TimeoutError, SQLAlchemyError) as exc:
+        reason = (
+            f"PostgreSQL at {url.render_as_string(hide_password=True)} did not answer "
+            f"({type(exc).__name__}: {exc}); set TEST_DATABASE_URL or start the server"
+        )
+        if postgres_required():
+            pytest.fail(f"{reason}. CI / REQUIRE_POSTGRES=1 need PostgreSQL.", pytrace=False)
+        pytest.skip(reason)
+    return url
+
+
+def _fresh_sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}"
+
+
+def _fresh_postgres_url(admin: URL) -> Iterator[str]:
+    name = f"trt_test_{uuid.uuid4().hex[:16]}"
+    run_on_own_loop(lambda: _admin(admin, f'CREATE DATABASE "{name}"'))
+    try:
+        yield admin.set(database=name).render_as_string(hide_password=False)
+    finally:
+        # FORCE: a test that forgot to dispose its engine must not leak the database.
+        run_on_own_loop(lambda: _admin(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=DATABASES)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database of its own for this test, as a SQLAlchemy async URL."""
+    if request.param == "sqlite":
+        yield _fresh_sqlite_url(tmp_path)
+        return
+    yield from _fresh_postgres_url(request.getfixturevalue("postgres_admin_url"))
+
+
+@pytest.fixture
+def migrated_database_url(database_url: str) -> str:
+    """`database_url`, upgraded to the latest migration."""
+    upgrade_to_head(database_url)
+    return database_url
+
+
+@pytest.fixture
+async def db_engine(migrated_database_url: str) -> AsyncIterator[AsyncEngine]:
+    """The app's engine on a migrated database, disposed after the test."""
+    engine = create_engine(DatabaseSettings(database_url=migrated_database_url))
+    try:
+        yield engine
+    finally:
+        await engine.dispose()

@@ -1,0 +1,163 @@
+"""The static checker: every rule, on mutations of the real flows.yaml, with line numbers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.checker import check_flow
+from engine.loader import FlowError, parse_flow
+from flows.registry import build_registry
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCE = (ROOT / "flows.yaml").read_text(encoding="utf-8")
+
+
+def line_of(text: str, needle: str, start: int = 0) -> int:
+    """1-based line of the first occurrence of `needle` at or after line `start`."""
+    lines = text.splitlines()
+    for i in range(start, len(lines)):
+        if needle in lines[i]:
+            return i + 1
+    raise AssertionError(f"{needle!r} not in text")
+
+
+def problems(text: str) -> list[str]:
+    try:
+        flow = parse_flow(text, "f.yaml")
+    except FlowError as exc:
+        return [str(p) for p in exc.problems]
+    return [str(p) for p in check_flow(flow, build_registry()).problems]
+
+
+def test_real_file_is_valid_and_lists_unimplemented() -> None:
+    report = check_flow(parse_flow(SOURCE), build_registry())
+    assert report.problems == []
+    assert "generate" in report.unimplemented_actions
+    assert "begin_input" not in report.unimplemented_actions
+
+
+def test_state_that_lost_its_back_route_is_rejected_at_its_line() -> None:
+    # The mutation the issue asks for: drop `parent: main` from the help state.
+    help_line = line_of(SOURCE, "  help:", line_of(SOURCE, "states:"))
+    lines = SOURCE.splitlines()
+    assert lines[help_line].strip() == "parent: main"
+    del lines[help_line]
+    found = problems("\n".join(lines))
+    assert found == [
+        f"f.yaml:{help_line}:3: state 'help' has no back route (set 'parent' or 'back')"
+    ]
+
+
+def test_yaml_syntax_error_has_line_and_column() -> None:
+    found = problems("locales: [ru, en\nroot: main\n")
+    assert len(found) == 1
+    assert found[0].startswith("f.yaml:2:")
+    assert "YAML syntax" in found[0]
+
+
+def test_unknown_key_is_reported_at_the_key() -> None:
+    mutated = SOURCE.replace(
+        "    parent: main\n    data: [kind_info]", "    parnt: main\n    data: [kind_info]"
+    )
+    line = line_of(mutated, "parnt: main")
+    found = problems(mutated)
+    assert f"f.yaml:{line}:5: unknown key 'parnt'" in found
+
+
+def test_unknown_target_state() -> None:
+    mutated = SOURCE.replace("to: help\n", "to: helpp\n")
+    line = line_of(mutated, "to: helpp")
+    assert f"f.yaml:{line}:15: unknown state 'helpp'" in problems(mutated)
+
+
+def test_unreachable_state() -> None:
+    mutated = SOURCE + "\n  orphan:\n    parent: main\n    text: {ru: 'a', en: 'b'}\n"
+    line = line_of(mutated, "  orphan:")
+    assert f"f.yaml:{line}:3: state 'orphan' is unreachable from 'main'" in problems(mutated)
+
+
+def test_back_loop() -> None:
+    mutated = SOURCE.replace("  params:\n    parent: model", "  params:\n    parent: param_choice")
+    found = problems(mutated)
+    assert any("back chain loops: params -> param_choice -> params" in p for p in found)
+
+
+def test_missing_locale_text() -> None:
+    mutated = SOURCE.replace('help: {ru: "❓ Помощь", en: "❓ Help"}', "")
+    mutated = mutated.replace('text: {ru: "❓ Помощь", en: "❓ Help"}', 'text: {ru: "❓ Помощь"}')
+    line = line_of(mutated, 'text: {ru: "❓ Помощь"}')
+    assert f"f.yaml:{line}:17: missing 'en' text" in problems(mutated)
+
+
+def test_duplicate_button_id() -> None:
+    mutated = SOURCE.replace("        - id: help\n", "        - id: referral\n")
+    assert any("duplicate button id 'referral' in 'main'" in p for p in problems(mutated))
+
+
+def test_duplicate_yaml_key() -> None:
+    mutated = SOURCE.replace("root: main\n", "root: main\nroot: help\n")
+    line = line_of(mutated, "root: help")
+    assert f"f.yaml:{line}:1: duplicate key 'root'" in problems(mutated)
+
+
+def test_unknown_action_and_provider() -> None:
+    mutated = SOURCE.replace("action: top_up", "action: top_upp").replace(
+        "data: [history_info]", "data: [history_infoo]"
+    )
+    found = problems(mutated)
+    assert any("unknown action 'top_upp'" in p for p in found)
+    assert any("unknown provider 'history_infoo'" in p for p in found)
+
+
+def test_callback_data_that_could_exceed_64_bytes() -> None:
+    mutated = SOURCE.replace(
+        "      store: model\n", "      store: model\n      max_value_length: 60\n"
+    )
+    line = line_of(mutated, "max_value_length: 60")
+    found = problems(mutated)
+    assert any(p.startswith(f"f.yaml:{line}:") and "can reach 75 bytes" in p for p in found)
+
+
+def test_unknown_placeholder_and_malformed_braces() -> None:
+    mutated = SOURCE.replace("Ваша ссылка: {link}", "Ваша ссылка: {lnk}").replace(
+        "<b>Помощь</b>", "<b>Помощь {</b>"
+    )
+    found = problems(mutated)
+    assert any("unknown placeholder {lnk}" in p for p in found)
+    assert any("malformed placeholder braces" in p for p in found)
+
+
+def test_text_input_needs_example() -> None:
+    mutated = SOURCE.replace('      example: "a red fox in the snow, watercolor"\n', "")
+    assert any("needs an 'example'" in p for p in problems(mutated))
+
+
+@pytest.mark.parametrize(
+    ("content", "code"),
+    [
+        (SOURCE, 0),
+        (
+            SOURCE.replace(
+                'parent: main\n    text:\n      ru: "<b>Помощь', 'text:\n      ru: "<b>Помощь'
+            ),
+            1,
+        ),
+    ],
+)
+def test_cli_exit_codes(tmp_path: Path, content: str, code: int) -> None:
+    path = tmp_path / "flows.yaml"
+    path.write_text(content, encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "trt.cli", "flows", "check", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    assert result.returncode == code, result.stderr
+    if code:
+        assert f"{path}:" in result.stderr and "no back route" in result.stderr

@@ -1,0 +1,107 @@
+"""Migrations on SQLite and PostgreSQL: up, again, down, up, and agreement with the models."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import Connection
+
+from storage.db import create_engine
+from storage.migrate import current_revision, downgrade_to_base, head_revision, upgrade_to_head
+from storage.models import metadata
+from storage.settings import DatabaseSettings
+
+_T = TypeVar("_T")
+
+
+async def on_connection(url: str, work: Callable[[Connection], _T]) -> _T:
+    engine = create_engine(DatabaseSettings(database_url=url))
+    try:
+        async with engine.begin() as connection:
+            return await connection.run_sync(work)
+    finally:
+        await engine.dispose()
+
+
+def table_names(connection: Connection) -> set[str]:
+    return set(inspect(connection).get_table_names())
+
+
+def test_head_is_the_first_revision() -> None:
+    assert head_revision() == "0001"
+
+
+async def test_upgrade_clean_database_to_head(database_url: str) -> None:
+    assert await asyncio.to_thread(current_revision, database_url) is None
+
+    await asyncio.to_thread(upgrade_to_head, database_url)
+
+    assert await asyncio.to_thread(current_revision, database_url) == head_revision()
+    tables = await on_connection(database_url, table_names)
+    assert {"conversation_state", "alembic_version"} <= tables
+
+    def primary_key(connection: Connection) -> Any:
+        return inspect(connection).get_pk_constraint("conversation_state")
+
+    pk = await on_connection(database_url, primary_key)
+    assert pk["constrained_columns"] == ["key"]
+    assert pk["name"] == "pk_conversation_state"  # the naming convention, not a server default
+
+
+async def test_second_upgrade_is_a_noop_and_keeps_rows(database_url: str) -> None:
+    await asyncio.to_thread(upgrade_to_head, database_url)
+
+    def insert(connection: Connection) -> None:
+        connection.execute(
+            text(
+                "INSERT INTO conversation_state (key, state, counter, locale, data, updated_at) "
+                "VALUES ('k', 's', 7, 'en', '{}', CURRENT_TIMESTAMP)"
+            )
+        )
+
+    await on_connection(database_url, insert)
+
+    await asyncio.to_thread(upgrade_to_head, database_url)
+
+    assert await asyncio.to_thread(current_revision, database_url) == head_revision()
+
+    def counters(connection: Connection) -> list[int]:
+        return list(connection.execute(text("SELECT counter FROM conversation_state")).scalars())
+
+    assert await on_connection(database_url, counters) == [7]
+
+
+async def test_downgrade_to_base_then_upgrade_again(database_url: str) -> None:
+    await asyncio.to_thread(upgrade_to_head, database_url)
+
+    await asyncio.to_thread(downgrade_to_base, database_url)
+
+    assert await asyncio.to_thread(current_revision, database_url) is None
+    assert "conversation_state" not in await on_connection(database_url, table_names)
+
+    await asyncio.to_thread(upgrade_to_head, database_url)
+
+    assert await asyncio.to_thread(current_revision, database_url) == head_revision()
+    assert "conversation_state" in await on_connection(database_url, table_names)
+
+
+async def test_models_and_migrations_agree(database_url: str) -> None:
+    await asyncio.to_thread(upgrade_to_head, database_url)
+
+    def diff(connection: Connection) -> list[Any]:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        return list(compare_metadata(context, metadata))
+
+    assert await on_connection(database_url, diff) == []
+
+
+async def test_migrating_from_inside_a_running_loop_works(database_url: str) -> None:
+    # Called straight from a coroutine (not via to_thread): alembic's own
+    # asyncio.run must not collide with the loop this test runs on.
+    upgrade_to_head(database_url)
+    assert current_revision(database_url) == head_revision()

@@ -1,0 +1,88 @@
+"""Conversation state in SQL: two processes on one database, and restarts.
+
+Two stacks here are two dispatchers with their own engines, event isolation
+and connection pools, sharing only the database and the fake Telegram, as two
+instances behind one webhook would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from engine.local.bot_api_server import FakeBotAPI
+from storage.conversation_store import SqlStateStore
+from storage.db import create_engine
+from storage.settings import DatabaseSettings
+from tests.harness import answer_text, running_stack
+from tests.test_engine_e2e import RU, counting_registry
+
+
+@pytest.fixture
+async def two_engines(migrated_database_url: str) -> AsyncIterator[tuple[AsyncEngine, AsyncEngine]]:
+    settings = DatabaseSettings(database_url=migrated_database_url)
+    first, second = create_engine(settings), create_engine(settings)
+    try:
+        yield first, second
+    finally:
+        await first.dispose()
+        await second.dispose()
+
+
+async def test_double_tap_across_two_instances_runs_the_action_once(
+    two_engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    runs: list[int] = []
+    async with FakeBotAPI() as api:
+        await api.start()
+        registry_a = counting_registry(runs, delay=0.05)
+        registry_b = counting_registry(runs, delay=0.05)
+        async with (
+            running_stack(SqlStateStore(two_engines[0]), registry=registry_a, api=api) as a,
+            running_stack(SqlStateStore(two_engines[1]), registry=registry_b, api=api) as b,
+        ):
+            chat_a, chat_b = a.chat(21), b.chat(21)
+            await chat_a.send("/start")
+            await chat_a.tap("💰 Баланс")
+            screen = chat_a.screen()
+            data = screen.data_of("💳 Пополнить")
+            results = await asyncio.gather(
+                *(
+                    chat.tap_data(data, message_id=screen.message_id)
+                    for chat in (chat_a, chat_b, chat_a, chat_b)
+                )
+            )
+            assert runs == [21]
+            notices = [answer_text(calls, qid) for calls, qid in results]
+            assert notices.count(RU.texts["param_saved"]["ru"]) == 1
+            assert notices.count(RU.system.stale["ru"]) == 3
+            assert all(api.answered_callbacks[qid] == 1 for _, qid in results)
+
+
+async def test_state_survives_a_restart(migrated_database_url: str) -> None:
+    settings = DatabaseSettings(database_url=migrated_database_url)
+    async with FakeBotAPI() as api:
+        await api.start()
+        first = create_engine(settings)
+        async with running_stack(SqlStateStore(first), api=api) as before:
+            chat = before.chat(22)
+            await chat.send("/start")
+            await chat.tap("❓ Помощь")
+            screen = chat.screen()
+        await first.dispose()
+
+        second = create_engine(settings)
+        try:
+            async with running_stack(SqlStateStore(second), api=api) as after:
+                again = after.chat(22)
+                again.screen_message = screen.message_id
+                calls = await again.tap(RU.system.back["ru"])
+                assert answer_text(calls) is None  # a plain move, no stale notice
+                assert again.screen().text.startswith("Главное меню")
+                snap = await after.engine.store.load("22:22")
+                assert snap is not None and snap.state == "main"
+        finally:
+            await second.dispose()
