@@ -24,18 +24,34 @@ LOCAL_TOKEN = "42:LOCAL"
 LOCAL_CHAT = 1001
 
 
+class NotMigrated(RuntimeError):
+    pass
+
+
 async def _store(settings: Settings) -> StateStore:
     if settings.state_store == "memory":
         return MemoryStore()
     from storage.conversation_store import SqlStateStore
     from storage.db import create_engine
+    from storage.migrate import current_revision, head_revision
     from storage.settings import DatabaseSettings
 
+    # Refuse to start on an old schema rather than fail on the first update.
+    current, head = await asyncio.to_thread(current_revision), head_revision()
+    if current != head:
+        raise NotMigrated(
+            f"the database is at migration {current or 'none'}, the code needs {head}: "
+            "run `trt migrate` (make run does it for you)"
+        )
     return SqlStateStore(create_engine(DatabaseSettings()))
 
 
 async def run_bot(settings: Settings) -> int:
-    store = await _store(settings)
+    try:
+        store = await _store(settings)
+    except NotMigrated as exc:
+        print(f"trt run: {exc}", file=sys.stderr)
+        return 1
     engine = build_engine(settings.flows_path, store)
     dispatcher = build_dispatcher(engine)
     if settings.bot_token:
