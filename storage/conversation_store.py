@@ -9,21 +9,18 @@ own, so nothing else needs to be held between the check and the write.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import bindparam, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.dml import Insert, Update
 
 from engine.store import Snapshot
+from storage import retry
+from storage.db import insert_if_absent
 from storage.models import ConversationState
 
 log = logging.getLogger(__name__)
@@ -51,54 +48,20 @@ _CAS = (
 )
 
 
-def _insert_if_absent(dialect: str) -> Insert:
-    values = {"key": bindparam("k", type_=_c.key.type), **_NEW_VALUES}
-    if dialect == "sqlite":
-        return sqlite_insert(_table).values(**values).on_conflict_do_nothing(index_elements=["key"])
-    if dialect == "postgresql":
-        return pg_insert(_table).values(**values).on_conflict_do_nothing(index_elements=["key"])
-    raise ValueError(f"no insert-if-absent for the {dialect!r} dialect")
+_INSERTS = {
+    name: insert_if_absent(
+        name, _table, ["key"], {"key": bindparam("k", type_=_c.key.type), **_NEW_VALUES}
+    )
+    for name in ("sqlite", "postgresql")
+}
 
-
-_INSERTS = {name: _insert_if_absent(name) for name in ("sqlite", "postgresql")}
-
-# Retried only when the statement certainly did not take effect, so a retry
-# can never apply a write twice. A dropped connection is not among them: the
-# write may have committed before the reply was lost.
-_PG_RETRY_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlock
-_SQLITE_RETRY_MESSAGES = ("database is locked", "database table is locked")
 ATTEMPTS = 4
 BACKOFF_BASE_S = 0.01
 
 
-def is_transient(exc: DBAPIError) -> bool:
-    """True for lock and serialization conflicts a retry can resolve."""
-    if exc.connection_invalidated:
-        return False
-    orig = exc.orig
-    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-    if sqlstate in _PG_RETRY_SQLSTATES:
-        return True
-    message = str(orig).lower()
-    return any(text in message for text in _SQLITE_RETRY_MESSAGES)
-
-
 async def with_retries(operation: Callable[[], Awaitable[_T]]) -> _T:
-    """Run `operation`, retrying transient conflicts with jittered back-off.
-
-    Full jitter spreads the retries of writers that collided at the same
-    instant, so they do not collide again in lockstep.
-    """
-    for attempt in range(1, ATTEMPTS + 1):
-        try:
-            return await operation()
-        except DBAPIError as exc:
-            if attempt == ATTEMPTS or not is_transient(exc):
-                raise
-            delay = random.uniform(0, BACKOFF_BASE_S * 2**attempt)
-            log.debug("transient database conflict, retry %d in %.3fs: %s", attempt, delay, exc)
-            await asyncio.sleep(delay)
-    raise AssertionError("unreachable")
+    """Each store call is one statement, so any lock conflict can simply run it again."""
+    return await retry.with_retries(operation, attempts=ATTEMPTS, base_s=BACKOFF_BASE_S)
 
 
 class SqlStateStore:

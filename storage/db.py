@@ -14,11 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
-from sqlalchemy.engine import URL
+from sqlalchemy import Table, event
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, PoolProxiedConnection
+from sqlalchemy.sql.dml import Insert
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage.settings import DatabaseSettings, parse_database_url
@@ -109,12 +112,26 @@ def _sqlite_file(url: URL) -> Path | None:
 
 
 def _on_sqlite_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+    # The driver's own implicit BEGIN is always DEFERRED; turn it off so the
+    # begin hook below decides how each transaction starts.
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     finally:
         cursor.close()
+
+
+def _on_sqlite_begin(connection: Connection) -> None:
+    """BEGIN IMMEDIATE where asked (execution option `sqlite_begin`): the ledger reads a
+    balance and then writes it, and a DEFERRED reader cannot upgrade to a writer once
+    another has written, which SQLite reports as "database is locked" at once."""
+    mode = connection.get_execution_options().get(SQLITE_BEGIN, "DEFERRED")
+    connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+SQLITE_BEGIN = "sqlite_begin"
 
 
 def create_engine(settings: DatabaseSettings | None = None) -> AsyncEngine:
@@ -129,6 +146,7 @@ def create_engine(settings: DatabaseSettings | None = None) -> AsyncEngine:
         path.parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(url, echo=settings.echo, poolclass=InstrumentedPool)
         event.listen(engine.sync_engine, "connect", _on_sqlite_connect)
+        event.listen(engine.sync_engine, "begin", _on_sqlite_begin)
         return engine
     return create_async_engine(
         url,
@@ -164,3 +182,13 @@ def pool_usage(engine: AsyncEngine) -> PoolUsage:
         wait_seconds=stats.wait_seconds,
         timeouts=stats.timeouts,
     )
+
+
+def insert_if_absent(dialect: str, table: Table, key: list[str], values: dict[str, Any]) -> Insert:
+    """INSERT ... ON CONFLICT DO NOTHING: checked by the database, so racing callers
+    cannot both insert, and neither fails."""
+    if dialect == "sqlite":
+        return sqlite_insert(table).values(**values).on_conflict_do_nothing(index_elements=key)
+    if dialect == "postgresql":
+        return pg_insert(table).values(**values).on_conflict_do_nothing(index_elements=key)
+    raise ValueError(f"no insert-if-absent for the {dialect!r} dialect")

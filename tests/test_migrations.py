@@ -32,8 +32,11 @@ def table_names(connection: Connection) -> set[str]:
     return set(inspect(connection).get_table_names())
 
 
-def test_head_is_the_first_revision() -> None:
-    assert head_revision() == "0001"
+MONEY_TABLES = {"users", "accounts", "transfers", "entries", "holds", "idempotency_keys"}
+
+
+def test_head_is_the_money_revision() -> None:
+    assert head_revision() == "0002"
 
 
 async def test_upgrade_clean_database_to_head(database_url: str) -> None:
@@ -43,7 +46,17 @@ async def test_upgrade_clean_database_to_head(database_url: str) -> None:
 
     assert await asyncio.to_thread(current_revision, database_url) == head_revision()
     tables = await on_connection(database_url, table_names)
-    assert {"conversation_state", "alembic_version"} <= tables
+    assert {"conversation_state", "alembic_version", "processed_updates"} | MONEY_TABLES <= tables
+
+    def system_accounts(connection: Connection) -> set[str]:
+        return set(connection.execute(text("SELECT code FROM accounts")).scalars())
+
+    assert await on_connection(database_url, system_accounts) == {
+        "revenue",
+        "topups",
+        "bonus",
+        "adjustments",
+    }
 
     def primary_key(connection: Connection) -> Any:
         return inspect(connection).get_pk_constraint("conversation_state")
@@ -82,7 +95,7 @@ async def test_downgrade_to_base_then_upgrade_again(database_url: str) -> None:
     await asyncio.to_thread(downgrade_to_base, database_url)
 
     assert await asyncio.to_thread(current_revision, database_url) is None
-    assert "conversation_state" not in await on_connection(database_url, table_names)
+    assert await on_connection(database_url, table_names) <= {"alembic_version"}
 
     await asyncio.to_thread(upgrade_to_head, database_url)
 

@@ -1,0 +1,59 @@
+"""Users and their accounts: created on first contact, idempotently."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from storage.db import insert_if_absent
+from storage.models import Account, User
+
+_users = User.__table__  # type: ignore[attr-defined]
+_accounts = Account.__table__  # type: ignore[attr-defined]
+
+
+async def ensure_user(
+    engine: AsyncEngine,
+    user_id: int,
+    *,
+    language: str = "ru",
+    username: str | None = None,
+    referrer_id: int | None = None,
+) -> int:
+    """The user's account id; the user and the account are created on first call.
+
+    The referrer is kept only from the first contact and never the user themself.
+    """
+    if referrer_id == user_id:
+        referrer_id = None
+    async with engine.begin() as conn:
+        dialect = conn.dialect.name
+        if referrer_id is not None and not await _user_exists(conn, referrer_id):
+            referrer_id = None
+        user = dict(
+            id=user_id,
+            username=username,
+            language=language,
+            created_at=datetime.now(UTC),
+            referrer_id=referrer_id,
+            is_active=True,
+        )
+        await conn.execute(insert_if_absent(dialect, _users, ["id"], user))
+        account = dict(
+            user_id=user_id,
+            allow_negative=False,
+            debits_pending=0,
+            debits_posted=0,
+            credits_pending=0,
+            credits_posted=0,
+        )
+        await conn.execute(insert_if_absent(dialect, _accounts, ["user_id"], account))
+        found = await conn.scalar(select(_accounts.c.id).where(_accounts.c.user_id == user_id))
+    assert found is not None
+    return int(found)
+
+
+async def _user_exists(conn: AsyncConnection, user_id: int) -> bool:
+    return await conn.scalar(select(_users.c.id).where(_users.c.id == user_id)) is not None
