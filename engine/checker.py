@@ -150,6 +150,7 @@ class _Checker:
         """Names a state's text may use: its data providers' keys and every stored value."""
         spec = self.spec
         names: set[str] = set()
+        names.update(spec.states[state].pushed or ())
         for provider in spec.states[state].data:
             declared = spec.providers.get(provider)
             if declared is not None:
@@ -203,10 +204,15 @@ class _Checker:
         spec = self.spec
         graph = FlowGraph(spec)
         reachable = graph.reachable_from(spec.root)
+        for name, st in spec.states.items():
+            if st.pushed is not None:
+                reachable |= graph.reachable_from(name)
         for name in spec.states:
             if name not in reachable:
                 self.at(
-                    ("states", name), f"state {name!r} is unreachable from {spec.root!r}", key=True
+                    ("states", name),
+                    f"state {name!r} is unreachable from {spec.root!r} (and is not pushed)",
+                    key=True,
                 )
         for name in spec.states:
             chain = [name]

@@ -68,6 +68,8 @@ class FlowGraph:
     def __init__(self, spec: FlowSpec) -> None:
         self.root = spec.root
         self.states = list(spec.states)
+        # Where conversations begin: the root, and the states the product pushes.
+        self.entries = [spec.root] + [n for n, st in spec.states.items() if st.pushed is not None]
         known = set(self.states)
         edges = [e for e in declared_edges(spec) if e.dest in known]
         self.machine = Machine(

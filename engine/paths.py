@@ -2,6 +2,8 @@
 
 Every state and every transition appears in at least one path; each path is
 the shortest way from the root to a transition, followed by that transition.
+A state the product pushes (a finished job) is an entry of its own: paths
+through its buttons start there.
 Paths that are prefixes of other paths are dropped, so tests drive no step
 more often than coverage needs.
 """
@@ -16,16 +18,21 @@ Path = tuple[Edge, ...]
 
 
 def shortest_paths(graph: FlowGraph) -> dict[str, Path]:
-    """The shortest path from the root to each reachable state (BFS, declaration order)."""
-    best: dict[str, Path] = {graph.root: ()}
-    queue = deque([graph.root])
-    while queue:
-        source = queue.popleft()
-        for trigger, dests in graph.triggers(source).items():
-            for dest in dests:
-                if dest not in best:
-                    best[dest] = (*best[source], Edge(source, trigger, dest))
-                    queue.append(dest)
+    """The shortest path from the root to each state it reaches (BFS, declaration order);
+    states only a pushed state reaches get their path from that state."""
+    best: dict[str, Path] = {}
+    for entry in graph.entries:
+        if entry in best:
+            continue
+        best[entry] = ()
+        queue = deque([entry])
+        while queue:
+            source = queue.popleft()
+            for trigger, dests in graph.triggers(source).items():
+                for dest in dests:
+                    if dest not in best:
+                        best[dest] = (*best[source], Edge(source, trigger, dest))
+                        queue.append(dest)
     return best
 
 

@@ -29,6 +29,8 @@ class Context:
 
     `data` is the conversation's stored data; an action may change it and the
     change is saved with the transition (or dropped if the action raises).
+    `run_key` is unique to one run of an action (the conversation and the screen
+    it claimed); a product uses it as the idempotency key of what the action starts.
     """
 
     bot: Bot
@@ -39,6 +41,7 @@ class Context:
     data: dict[str, Any]
     args: Mapping[str, ArgValue] = field(default_factory=dict)
     text: Callable[[str], str] = field(default=lambda key: key)
+    run_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)

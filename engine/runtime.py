@@ -150,6 +150,36 @@ class FlowEngine:
                 return
         raise RuntimeError(f"conversation {where.key} is changing too fast to restart")
 
+    # ---- from outside an update ---------------------------------------------
+
+    async def push(
+        self,
+        bot: Bot,
+        chat_id: int,
+        user_id: int,
+        state: str,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        """Moves a conversation to `state` and sends that screen as a new message.
+
+        For work that finishes after its update was answered (a generation's result,
+        a payment): like aiogram-dialog's background manager, the product says where
+        the user now is; older screens go stale as after any move.
+        """
+        declared = self.spec.states[state].pushed if state in self.spec.states else None
+        if declared is None:
+            raise ValueError(f"state {state!r} is not declared `pushed:` in the flow")
+        if missing := set(declared) - set(data or {}):
+            raise ValueError(f"pushing {state!r} needs {sorted(missing)}")
+        where = Where(bot, chat_id, User(id=user_id, is_bot=False, first_name=str(user_id)))
+        for _ in range(_CAS_ATTEMPTS):
+            snap = await self.load_or_create(where)
+            moved = Snapshot(state, snap.counter + 1, snap.locale, {**snap.data, **(data or {})})
+            if await self.store.save(where.key, moved, snap.counter):
+                await self.send(where, moved)
+                return
+        raise RuntimeError(f"conversation {where.key} is changing too fast to push")
+
     # ---- taps ----------------------------------------------------------------
 
     async def on_callback(self, where: Where, query: CallbackQuery, answer: Answer) -> None:
@@ -244,6 +274,7 @@ class FlowEngine:
             return
         ctx = self.context(where, claimed, args)
         ctx.data = dict(data)
+        ctx.run_key = f"{where.key}:{claimed.counter}"
         try:
             outcome = await action(ctx) or Outcome()
             dest = outcome.to or allowed[0]

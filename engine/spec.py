@@ -83,6 +83,10 @@ class State(_Strict):
     buttons: list[list[Button]] = Field(default_factory=list)
     options: Options | None = None
     input: Input | None = None
+    # Shown by the product from outside an update (FlowEngine.push), e.g. a finished
+    # job: the data keys the product passes. Such a state counts as reachable, and
+    # only such states may be pushed.
+    pushed: list[Identifier] | None = None
 
 
 class Declared(_Strict):

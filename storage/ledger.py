@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import and_, case, func, insert, or_, select, update
+from sqlalchemy import Select, and_, case, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from storage.db import SQLITE_BEGIN
@@ -351,6 +351,15 @@ class Ledger:
         found = await conn.scalar(select(_accounts.c.id).where(_accounts.c.id == account_id))
         return found is not None
 
+    async def _short_or_unknown(
+        self, conn: AsyncConnection, account_id: int, amount: int
+    ) -> _Refusal:
+        """Why a guarded move of the user's row (which goes first, so nothing has changed)
+        matched no row: the account is missing, or it lacks the money."""
+        if not await self._account_exists(conn, account_id):
+            return _Refusal(UnknownAccount(f"no account {account_id}"))
+        return _Refusal(InsufficientFunds(f"account {account_id} lacks {amount}"))
+
     # ------------------------------------------------------------ the API
 
     async def credit(
@@ -369,12 +378,13 @@ class Ledger:
 
         async def work(conn: AsyncConnection, now: datetime) -> TransferRecord | _Refusal:
             src = await self._system_account(conn, source)
-            if not await self._account_exists(conn, account_id):
-                return _Refusal(UnknownAccount(f"no account {account_id}"))
-            await self._move(
+            # The user's row goes first and is the only one that can be missing, so a
+            # failed move has changed nothing (one round trip fewer than checking first).
+            if not await self._move(
                 conn,
                 {src: {"debits_posted": amount}, account_id: {"credits_posted": amount}},
-            )
+            ):
+                return _Refusal(UnknownAccount(f"no account {account_id}"))
             return await self._record(
                 conn,
                 now,
@@ -408,14 +418,12 @@ class Ledger:
 
         async def work(conn: AsyncConnection, now: datetime) -> TransferRecord | _Refusal:
             dst = await self._system_account(conn, destination)
-            if not await self._account_exists(conn, account_id):
-                return _Refusal(UnknownAccount(f"no account {account_id}"))
             if not await self._move(
                 conn,
                 {account_id: {"debits_posted": amount}, dst: {"credits_posted": amount}},
                 guard=account_id,
             ):
-                return _Refusal(InsufficientFunds(f"account {account_id} lacks {amount}"))
+                return await self._short_or_unknown(conn, account_id, amount)
             return await self._record(
                 conn,
                 now,
@@ -458,14 +466,12 @@ class Ledger:
 
         async def work(conn: AsyncConnection, now: datetime) -> TransferRecord | _Refusal:
             dst = await self._system_account(conn, destination)
-            if not await self._account_exists(conn, account_id):
-                return _Refusal(UnknownAccount(f"no account {account_id}"))
             if not await self._move(
                 conn,
                 {account_id: {"debits_pending": amount}, dst: {"credits_pending": amount}},
                 guard=account_id,
             ):
-                return _Refusal(InsufficientFunds(f"account {account_id} lacks {amount}"))
+                return await self._short_or_unknown(conn, account_id, amount)
             record = await self._record(
                 conn,
                 now,
@@ -506,7 +512,15 @@ class Ledger:
     ) -> TransferRecord | _Refusal:
         """Moves a pending hold to `state` (exactly one caller wins, I3) and writes the
         transfer that releases it and, for a post, charges `charge` (I4)."""
-        hold = (await conn.execute(select(_holds).where(_holds.c.id == hold_id))).first()
+        # The hold with its transfer's destination and reason (a transfer row never
+        # changes): one round trip instead of three.
+        hold = (
+            await conn.execute(
+                select(_holds, _transfers.c.credit_account_id, _transfers.c.reason)
+                .join(_transfers, _transfers.c.id == _holds.c.id)
+                .where(_holds.c.id == hold_id)
+            )
+        ).first()
         if hold is None:
             return _Refusal(UnknownHold(f"no hold {hold_id!r}"))
         amount = charge if charge is not None else hold.amount
@@ -531,7 +545,7 @@ class Ledger:
             if now_state != "pending":
                 return _Refusal(HoldNotPending(f"hold {hold_id!r} is already {now_state}"))
             return _Refusal(HoldExpired(f"hold {hold_id!r} timed out at {hold.timeout_at}"))
-        user, dst = hold.account_id, await self._transfer_credit_account(conn, hold_id)
+        user, dst = hold.account_id, hold.credit_account_id
         posted = amount if state == "posted" else 0
         await self._move(
             conn,
@@ -550,7 +564,7 @@ class Ledger:
                 credit_account_id=dst,
                 amount=posted,
                 pending_id=hold_id,
-                reason=await self._transfer_reason(conn, hold_id),
+                reason=hold.reason,
             ),
             [
                 (user, hold.amount, True),
@@ -559,17 +573,6 @@ class Ledger:
                 (dst, posted, False),
             ],
         )
-
-    async def _transfer_credit_account(self, conn: AsyncConnection, transfer_id: str) -> int:
-        found = await conn.scalar(
-            select(_transfers.c.credit_account_id).where(_transfers.c.id == transfer_id)
-        )
-        assert found is not None, transfer_id
-        return int(found)
-
-    async def _transfer_reason(self, conn: AsyncConnection, transfer_id: str) -> str:
-        found = await conn.scalar(select(_transfers.c.reason).where(_transfers.c.id == transfer_id))
-        return str(found)
 
     async def post(
         self, transfer_id: str, hold_id: str, amount: int | None = None
@@ -639,9 +642,7 @@ class Ledger:
 
     async def balance(self, account_id: int) -> Balance:
         async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(select(_accounts).where(_accounts.c.id == account_id))
-            ).first()
+            row = (await conn.execute(balance_query(account_id))).first()
         if row is None:
             raise UnknownAccount(f"no account {account_id}")
         return Balance(
@@ -668,22 +669,8 @@ class Ledger:
         self, account_id: int, *, limit: int = 20, before: int | None = None
     ) -> list[StatementLine]:
         """The account's last transfers, newest first; `before` pages by entry id."""
-        e, t = _entries.c, _transfers.c
-        last_entry = func.max(e.id).label("last_entry")
-        posted = func.sum(case((e.pending.is_(False), e.amount), else_=0)).label("posted")
-        pending = func.sum(case((e.pending.is_(True), e.amount), else_=0)).label("pending")
-        query = (
-            select(t.id, t.kind, t.reason, t.note, t.created_at, posted, pending, last_entry)
-            .join(_transfers, t.id == e.transfer_id)
-            .where(e.account_id == account_id)
-            .group_by(t.id, t.kind, t.reason, t.note, t.created_at)
-            .order_by(last_entry.desc())
-            .limit(limit)
-        )
-        if before is not None:
-            query = query.where(e.id < before)
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
+            rows = (await conn.execute(statement_query(account_id, limit, before))).all()
         return [
             StatementLine(
                 transfer_id=r.id,
@@ -696,6 +683,31 @@ class Ledger:
             )
             for r in rows
         ]
+
+
+def balance_query(account_id: int) -> Select[Any]:
+    """The query `Ledger.balance` runs: the account row by primary key."""
+    return select(_accounts).where(_accounts.c.id == account_id)
+
+
+def statement_query(account_id: int, limit: int = 20, before: int | None = None) -> Select[Any]:
+    """The query `Ledger.statement` runs: the account's entries grouped by transfer, the
+    transfers with the newest entries first; `before` pages by entry id."""
+    e, t = _entries.c, _transfers.c
+    last_entry = func.max(e.id).label("last_entry")
+    posted = func.sum(case((e.pending.is_(False), e.amount), else_=0)).label("posted")
+    pending = func.sum(case((e.pending.is_(True), e.amount), else_=0)).label("pending")
+    query = (
+        select(t.id, t.kind, t.reason, t.note, t.created_at, posted, pending, last_entry)
+        .join(_transfers, t.id == e.transfer_id)
+        .where(e.account_id == account_id)
+        .group_by(t.id, t.kind, t.reason, t.note, t.created_at)
+        .order_by(last_entry.desc())
+        .limit(limit)
+    )
+    if before is not None:
+        query = query.where(e.id < before)
+    return query
 
 
 def _expiry_id(hold_id: str) -> str:

@@ -4,7 +4,11 @@ talking HTTP to our fake Bot API server, and a chat that taps like a person.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
+import socket
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -14,15 +18,24 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from engine.loader import LoadedFlow, load_flow
+from engine.loader import LoadedFlow
 from engine.local.bot_api_server import Call, FakeBotAPI
-from engine.registry import Registry
+from engine.registry import Action
 from engine.runtime import FlowEngine
 from engine.spec import PLACEHOLDER
 from engine.store import StateStore
 from engine.webhook import WEBHOOK_PATH
-from flows.registry import build_registry
-from trt.app import Service, build_bot, build_dispatcher, web_app
+from flows.generation.settings import GenerationSettings
+from kie.client import KieClient
+from kie.fake_script import Behaviour
+from kie.fake_server import FakeKie
+from pricing.catalog import Catalog
+from storage.conversation_store import SqlStateStore
+from storage.db import create_engine
+from storage.migrate import upgrade_to_head
+from storage.settings import DatabaseSettings
+from trt.app import build_bot
+from trt.product import Product, background, build_product, product_routes
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-secret_1"
@@ -47,11 +60,22 @@ class Screen:
 
 
 class Stack:
-    def __init__(self, api: FakeBotAPI, engine: FlowEngine, url: str, http: aiohttp.ClientSession):
+    def __init__(
+        self,
+        api: FakeBotAPI,
+        engine: FlowEngine,
+        url: str,
+        http: aiohttp.ClientSession,
+        *,
+        product: Product,
+        kie: FakeKie,
+    ):
         self.api = api
         self.engine = engine
         self.url = url
         self.http = http
+        self.product = product
+        self.kie = kie
 
     async def post(self, update: dict[str, Any], secret: str | None = SECRET) -> int:
         headers = {"X-Telegram-Bot-Api-Secret-Token": secret} if secret is not None else {}
@@ -77,12 +101,19 @@ class Chat:
         return self.api.calls[before:]
 
     def _track(self, calls: list[Call]) -> None:
+        """Follows the screen: this chat's messages with a keyboard (every screen has one;
+        progress messages and results of background jobs have none)."""
         for call in calls:
-            if call.method in SCREEN_METHODS and not call.failed:
-                if call.method == "editMessageText":
-                    self.screen_message = int(call.params["message_id"])
-                else:
-                    self.screen_message = int(call.result["message_id"])
+            if call.method not in SCREEN_METHODS or call.failed:
+                continue
+            if int(call.params.get("chat_id", 0)) != self.chat_id:
+                continue
+            if not call.params.get("reply_markup"):
+                continue
+            if call.method == "editMessageText":
+                self.screen_message = int(call.params["message_id"])
+            else:
+                self.screen_message = int(call.result["message_id"])
 
     async def send(self, text: str) -> list[Call]:
         update = self.api.make_message_update(
@@ -153,30 +184,64 @@ def screen_pattern(flow: LoadedFlow, state: str, locale: str) -> re.Pattern[str]
 
 @asynccontextmanager
 async def running_stack(
-    store: StateStore,
+    store: StateStore | None = None,
     *,
-    registry: Registry | None = None,
-    flow: LoadedFlow | None = None,
+    actions: dict[str, Action] | None = None,
+    flow_path: Path | None = None,
     api: FakeBotAPI | None = None,
+    kie: FakeKie | None = None,
+    db_url: str | None = None,
+    settings: GenerationSettings | None = None,
+    catalog: Catalog | None = None,
 ) -> AsyncIterator[Stack]:
-    """`api`: share one fake Telegram between stacks, as two processes would."""
-    own_api = api is None
-    api = api or FakeBotAPI()
-    base = await api.start() if own_api else api.base_url
-    flow = flow or load_flow(ROOT / "flows.yaml")
-    engine = FlowEngine(flow, registry or build_registry(), store)
-    bot = build_bot(TOKEN, base)
-    service = Service(bot, build_dispatcher(engine), engine)
-    runner = web.AppRunner(web_app(service, SECRET))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        async with aiohttp.ClientSession() as http:
-            yield Stack(api, engine, f"http://127.0.0.1:{port}", http)
-    finally:
-        await runner.cleanup()
-        await bot.session.close()
-        if own_api:
-            await api.stop()
+    """The whole product on real HTTP: our webhook app on a real port, the real Bot talking
+    to the fake Telegram, the real KIE client talking to the fake KIE, a real database.
+
+    `store`: the conversation store (default: SQL on the same database). `actions`
+    replace product actions (tests that count runs or make one fail). `api`, `kie` and
+    `db_url`: share them between stacks, as two processes would.
+    """
+    async with contextlib.AsyncExitStack() as exits:
+        if api is None:
+            api = await exits.enter_async_context(FakeBotAPI())
+        if kie is None:
+            kie = await exits.enter_async_context(FakeKie(default=Behaviour(run_s=0.05)))
+        if db_url is None:
+            tmp = exits.enter_context(tempfile.TemporaryDirectory())
+            db_url = f"sqlite+aiosqlite:///{tmp}/bot.db"
+            await asyncio.to_thread(upgrade_to_head, db_url)
+        db = create_engine(DatabaseSettings(database_url=db_url))
+        exits.push_async_callback(db.dispose)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        settings = settings or GenerationSettings(
+            KIE_API_KEY=kie.api_key,
+            KIE_BASE_URL=kie.base_url,
+            PUBLIC_BASE_URL=url,
+            POLL_INTERVAL_S=0.2,
+        )
+        bot = build_bot(TOKEN, api.base_url)
+        exits.push_async_callback(bot.session.close)
+        client = KieClient(kie.base_url, kie.api_key, backoff_s=0.01, timeout_s=5)
+        exits.push_async_callback(client.close)
+        product = build_product(
+            bot=bot,
+            store=store or SqlStateStore(db),
+            db=db,
+            flows_path=flow_path or ROOT / "flows.yaml",
+            settings=settings,
+            kie=client,
+            media_secret="test-media-secret",
+            catalog=catalog,
+        )
+        product.engine.registry.actions.update(actions or {})
+        app = web.Application()
+        product_routes(app, product, SECRET)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        exits.push_async_callback(runner.cleanup)
+        await web.SockSite(runner, sock).start()
+        await exits.enter_async_context(background(product))
+        http = await exits.enter_async_context(aiohttp.ClientSession())
+        yield Stack(api, product.engine, url, http, product=product, kie=kie)

@@ -52,11 +52,17 @@ def test_paths_cover_every_state_and_transition() -> None:
     paths = covering_paths(GRAPH)
     covered_edges = {edge for path in paths for edge in path}
     assert covered_edges == set(GRAPH.edges())
-    covered_states = {GRAPH.root} | {edge.dest for edge in covered_edges}
+    covered_states = set(GRAPH.entries) | {edge.dest for edge in covered_edges}
     assert covered_states == set(FLOW.spec.states)
-    # Shortest first, every path starts at the root, no path is a prefix of another.
+    # Shortest first, every path starts at an entry (the root unless the state is
+    # pushed), no path is a prefix of another.
     assert [len(p) for p in paths] == sorted(len(p) for p in paths)
-    assert all(p[0].source == GRAPH.root for p in paths)
+    assert GRAPH.entries == ["main", "job_result", "job_failed"]
+    assert all(p[0].source in GRAPH.entries for p in paths)
+    assert {p[0].source for p in paths if p[0].source != GRAPH.root} == {
+        "job_result",
+        "job_failed",
+    }
     for a in paths:
         assert not any(a != b and b[: len(a)] == a for b in paths)
     # Each path is connected.

@@ -12,20 +12,19 @@ from typing import Any
 import pytest
 
 from engine.loader import parse_flow
-from engine.registry import Context, Outcome, Registry
+from engine.registry import Action, Context, Outcome
 from engine.store import MemoryStore
-from flows.registry import build_registry
 from tests.harness import ROOT, SECRET, Chat, Stack, answer_text, running_stack
 
 SOURCE = (ROOT / "flows.yaml").read_text(encoding="utf-8")
 RU = parse_flow(SOURCE).spec
 
 
-def counting_registry(runs: list[int], *, fail: bool = False, delay: float = 0.0) -> Registry:
-    """The product's registry plus a `top_up` action that counts its runs."""
-    registry = build_registry()
+def counting_actions(
+    runs: list[int], *, fail: bool = False, delay: float = 0.0
+) -> dict[str, Action]:
+    """A `top_up` action in place of the product's, that counts its runs."""
 
-    @registry.action("top_up")
     async def top_up(ctx: Context) -> Outcome:
         runs.append(ctx.user_id)
         if delay:
@@ -34,7 +33,7 @@ def counting_registry(runs: list[int], *, fail: bool = False, delay: float = 0.0
             raise RuntimeError("payment provider is down")
         return Outcome(notice="param_saved")
 
-    return registry
+    return {"top_up": top_up}
 
 
 @pytest.fixture
@@ -118,7 +117,7 @@ async def test_forged_option_value_is_refused(stack: Stack) -> None:
 
 async def test_double_tap_racing_itself_runs_the_action_once() -> None:
     runs: list[int] = []
-    async with running_stack(MemoryStore(), registry=counting_registry(runs, delay=0.05)) as s:
+    async with running_stack(MemoryStore(), actions=counting_actions(runs, delay=0.05)) as s:
         chat = s.chat(8)
         await chat.send("/start")
         await chat.tap("💰 Баланс")
@@ -133,7 +132,7 @@ async def test_double_tap_racing_itself_runs_the_action_once() -> None:
 
 async def test_an_action_that_raises_gets_an_error_id_and_keeps_the_state() -> None:
     runs: list[int] = []
-    async with running_stack(MemoryStore(), registry=counting_registry(runs, fail=True)) as s:
+    async with running_stack(MemoryStore(), actions=counting_actions(runs, fail=True)) as s:
         chat = s.chat(9)
         await chat.send("/start")
         await chat.tap("💰 Баланс")

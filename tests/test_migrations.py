@@ -32,11 +32,11 @@ def table_names(connection: Connection) -> set[str]:
     return set(inspect(connection).get_table_names())
 
 
-MONEY_TABLES = {"users", "accounts", "transfers", "entries", "holds", "idempotency_keys"}
+MONEY_TABLES = {"users", "accounts", "transfers", "entries", "holds", "idempotency_keys", "jobs"}
 
 
-def test_head_is_the_money_revision() -> None:
-    assert head_revision() == "0002"
+def test_head_is_the_jobs_revision() -> None:
+    assert head_revision() == "0003"
 
 
 async def test_upgrade_clean_database_to_head(database_url: str) -> None:

@@ -14,6 +14,7 @@ last edge of a path is always taken exactly as written.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,8 +25,10 @@ import pytest_asyncio
 from engine import callback_data
 from engine.graph import BACK, INPUT, MAIN, OPTION, Edge, FlowGraph
 from engine.loader import load_flow
-from engine.paths import Path, covering_paths, format_path
+from engine.paths import Path, covering_paths, format_path, shortest_paths
 from engine.store import MemoryStore
+from kie.fake_script import Behaviour
+from kie.fake_server import FakeKie
 from tests.harness import ROOT, Chat, Stack, answer_text, running_stack, screen_pattern
 
 FLOW = load_flow(ROOT / "flows.yaml")
@@ -40,13 +43,72 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def stack() -> AsyncIterator[Stack]:
-    async with running_stack(MemoryStore()) as s:
+    # Jobs never finish here: a finished job pushes its result screen, which would move
+    # the conversation under the path being driven. Finished jobs have tests of their own.
+    never = Behaviour(run_s=None, polls=10**9, callback=False)
+    async with FakeKie(default=never) as kie, running_stack(MemoryStore(), kie=kie) as s:
         yield s
+
+
+# A path through a pushed state (a finished job) starts with a full order and the push.
+PUSH = "push"
+PUSH_DATA = {"job_model": "Test model", "job_charge": "-", "job_reason": "-"}
+
+
+def realisable(path: Path) -> Path:
+    start = path[0].source
+    if start == GRAPH.root:
+        return path
+    return (*shortest_paths(GRAPH)["confirm"], Edge("confirm", PUSH, start), *path)
+
+
+async def seed_finished_job(stack: Stack, user_id: int) -> None:
+    """A delivered, charged job, so the history screen lists a result to get again."""
+    services = stack.product.services
+    await services.account(user_id, "ru")
+    job, _ = await services.jobs.create(
+        id=f"seed{user_id}",
+        key=f"seed:{user_id}",
+        user_id=user_id,
+        chat_id=user_id,
+        locale="ru",
+        model_id="z-image",
+        kie_model="z-image",
+        kind="text_to_image",
+        request={"input": {"prompt": "seed"}, "title": "Seed", "data": {}},
+        price=0,
+        callback_secret="s",
+        deadline_at=services.jobs.clock(),
+    )
+    url = f"{stack.kie.base_url}/files/seed.png"
+    await services.jobs.move(job.id, ["created"], "delivered", result_urls=[url])
+    await services.jobs.move(job.id, ["delivered"], "charged")
+
+
+@contextlib.asynccontextmanager
+async def arranged(stack: Stack, chat: Chat, edge: Edge) -> AsyncIterator[None]:
+    """The world an outcome of `generate` needs: money for a start, no free generations
+    left to be sent back to the order; a fresh user has no money for the third outcome."""
+    settings = stack.product.generation.settings
+    limit = settings.free_daily_limit
+    if (edge.source, edge.trigger) == ("confirm", "button:go"):
+        if edge.dest == "job_started":
+            services = stack.product.services
+            account = await services.account(chat.chat_id, "ru")
+            await services.ledger.credit(
+                f"paths-{chat.chat_id}", account, 10**7, source="topups", reason="test"
+            )
+        elif edge.dest == "confirm":
+            settings.free_daily_limit = 0
+    try:
+        yield
+    finally:
+        settings.free_daily_limit = limit
 
 
 @dataclass
 class Step:
-    kind: str  # "tap" or "input"
+    kind: str  # "tap", "input" or "push"
     data: str = ""
 
 
@@ -72,6 +134,8 @@ def alternatives(chat: Chat, path: Path, i: int) -> list[Step]:
     edge = path[i]
     last = i == len(path) - 1
     screen = chat.screen()
+    if edge.trigger == PUSH:
+        return [Step(PUSH, edge.dest)]
     if edge.trigger == INPUT:
         spec = FLOW.spec.states[edge.source].input
         assert spec is not None
@@ -118,6 +182,12 @@ def build_actions() -> set[str]:
 
 
 async def take(chat: Chat, step: Step) -> str | None:
+    if step.kind == PUSH:
+        before = len(chat.api.calls)
+        bot = chat.stack.product.bot
+        await chat.stack.engine.push(bot, chat.chat_id, chat.chat_id, step.data, PUSH_DATA)
+        chat._track(chat.api.calls[before:])
+        return None
     if step.kind == "input":
         if step.data == "photo":
             await chat.post(chat.api.make_photo_update(chat.chat_id, chat.chat_id))
@@ -130,10 +200,13 @@ async def take(chat: Chat, step: Step) -> str | None:
 
 async def drive(stack: Stack, path: Path, locale: str) -> str:
     """Realises the path; returns how it ended ("done" or "coming soon")."""
+    path = realisable(path)
     choice = [0] * len(path)
     for _attempt in range(200):
         counts: list[int] = []
         chat = stack.chat(next(_chat_ids), language_code=locale)
+        if Edge("history", OPTION, "history") in path:
+            await seed_finished_job(stack, chat.chat_id)
         await chat.send("/start")
         assert await current_state(chat) == FLOW.spec.root
         check_screen(chat, FLOW.spec.root, locale)
@@ -142,7 +215,8 @@ async def drive(stack: Stack, path: Path, locale: str) -> str:
             alts = alternatives(chat, path, i)
             counts.append(len(alts))
             assert choice[i] < len(alts), f"no way to take {edge} in {format_path(path)}"
-            notice = await take(chat, alts[choice[i]])
+            async with arranged(stack, chat, edge):
+                notice = await take(chat, alts[choice[i]])
             state = await current_state(chat)
             if unimplemented_action(edge):
                 assert notice == FLOW.spec.system.coming_soon[locale]

@@ -18,7 +18,7 @@ from storage.conversation_store import SqlStateStore
 from storage.db import create_engine
 from storage.settings import DatabaseSettings
 from tests.harness import answer_text, running_stack
-from tests.test_engine_e2e import RU, counting_registry
+from tests.test_engine_e2e import RU, counting_actions
 
 
 @pytest.fixture
@@ -33,16 +33,16 @@ async def two_engines(migrated_database_url: str) -> AsyncIterator[tuple[AsyncEn
 
 
 async def test_double_tap_across_two_instances_runs_the_action_once(
-    two_engines: tuple[AsyncEngine, AsyncEngine],
+    two_engines: tuple[AsyncEngine, AsyncEngine], migrated_database_url: str
 ) -> None:
+    url = migrated_database_url
     runs: list[int] = []
     async with FakeBotAPI() as api:
         await api.start()
-        registry_a = counting_registry(runs, delay=0.05)
-        registry_b = counting_registry(runs, delay=0.05)
+        actions = counting_actions(runs, delay=0.05)
         async with (
-            running_stack(SqlStateStore(two_engines[0]), registry=registry_a, api=api) as a,
-            running_stack(SqlStateStore(two_engines[1]), registry=registry_b, api=api) as b,
+            running_stack(SqlStateStore(two_engines[0]), actions=actions, api=api, db_url=url) as a,
+            running_stack(SqlStateStore(two_engines[1]), actions=actions, api=api, db_url=url) as b,
         ):
             chat_a, chat_b = a.chat(21), b.chat(21)
             await chat_a.send("/start")
@@ -67,7 +67,9 @@ async def test_state_survives_a_restart(migrated_database_url: str) -> None:
     async with FakeBotAPI() as api:
         await api.start()
         first = create_engine(settings)
-        async with running_stack(SqlStateStore(first), api=api) as before:
+        async with running_stack(
+            SqlStateStore(first), api=api, db_url=migrated_database_url
+        ) as before:
             chat = before.chat(22)
             await chat.send("/start")
             await chat.tap("❓ Помощь")
@@ -76,7 +78,9 @@ async def test_state_survives_a_restart(migrated_database_url: str) -> None:
 
         second = create_engine(settings)
         try:
-            async with running_stack(SqlStateStore(second), api=api) as after:
+            async with running_stack(
+                SqlStateStore(second), api=api, db_url=migrated_database_url
+            ) as after:
                 again = after.chat(22)
                 again.screen_message = screen.message_id
                 calls = await again.tap(RU.system.back["ru"])

@@ -1,8 +1,10 @@
 """`trt run`: long polling against Telegram, or, with no BOT_TOKEN, against a local one.
 
 The local mode is what a newcomer gets from `make run` on a fresh machine:
-the real bot, engine and database, talking HTTP to our fake Bot API server,
-with a terminal chat standing in for the Telegram app.
+the real bot, engine, database and KIE client, talking HTTP to our fake Bot API
+server and our fake KIE server, with a terminal chat standing in for the
+Telegram app. Either way one aiohttp server serves KIE callbacks, the media
+links KIE fetches pictures through, and /healthz.
 """
 
 from __future__ import annotations
@@ -10,12 +12,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
+import socket
 import sys
+from collections.abc import AsyncIterator
+
+from aiohttp import web
 
 from engine.local.bot_api_server import FakeBotAPI
 from engine.local.terminal_chat import run_terminal_chat
 from engine.store import MemoryStore, StateStore
-from trt.app import build_bot, build_dispatcher, build_engine
+from flows.generation.settings import GenerationSettings
+from kie.client import KieClient
+from kie.fake_server import FakeKie
+from storage.conversation_store import SqlStateStore
+from storage.db import create_engine
+from storage.migrate import current_revision, head_revision
+from storage.settings import DatabaseSettings
+from trt.app import build_bot
+from trt.product import Product, background, build_product, product_routes
 from trt.settings import Settings
 
 log = logging.getLogger("trt")
@@ -28,14 +43,7 @@ class NotMigrated(RuntimeError):
     pass
 
 
-async def _store(settings: Settings) -> StateStore:
-    if settings.state_store == "memory":
-        return MemoryStore()
-    from storage.conversation_store import SqlStateStore
-    from storage.db import create_engine
-    from storage.migrate import current_revision, head_revision
-    from storage.settings import DatabaseSettings
-
+async def _check_migrated() -> None:
     # Refuse to start on an old schema rather than fail on the first update.
     current, head = await asyncio.to_thread(current_revision), head_revision()
     if current != head:
@@ -43,35 +51,75 @@ async def _store(settings: Settings) -> StateStore:
             f"the database is at migration {current or 'none'}, the code needs {head}: "
             "run `trt migrate` (make run does it for you)"
         )
-    return SqlStateStore(create_engine(DatabaseSettings()))
+
+
+@contextlib.asynccontextmanager
+async def _http(product: Product, settings: Settings, sock: socket.socket) -> AsyncIterator[None]:
+    app = web.Application()
+    product_routes(app, product, settings.webhook_secret)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.SockSite(runner, sock).start()
+    try:
+        yield
+    finally:
+        await runner.cleanup()
 
 
 async def run_bot(settings: Settings) -> int:
     try:
-        store = await _store(settings)
+        await _check_migrated()
     except NotMigrated as exc:
         print(f"trt run: {exc}", file=sys.stderr)
         return 1
-    engine = build_engine(settings.flows_path, store)
-    dispatcher = build_dispatcher(engine)
-    if settings.bot_token:
-        bot = build_bot(settings.bot_token, settings.telegram_api_base)
-        await bot.delete_webhook(drop_pending_updates=False)
-        await dispatcher.start_polling(bot)
-        return 0
-
-    async with FakeBotAPI() as api:
-        base = await api.start()
-        bot = build_bot(LOCAL_TOKEN, base)
-        print(f"No BOT_TOKEN: a local Telegram runs at {base}. Type /start, then button numbers.")
-        polling = asyncio.create_task(dispatcher.start_polling(bot, handle_signals=False))
+    generation = GenerationSettings()
+    local = not settings.bot_token
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0) if local else (settings.host, settings.port))
+    async with contextlib.AsyncExitStack() as exits:
+        db = create_engine(DatabaseSettings())
+        exits.push_async_callback(db.dispose)
+        store: StateStore = MemoryStore() if settings.state_store == "memory" else SqlStateStore(db)
+        if local:
+            api = await exits.enter_async_context(FakeBotAPI())
+            bot = build_bot(LOCAL_TOKEN, api.base_url)
+        else:
+            assert settings.bot_token is not None
+            bot = build_bot(settings.bot_token, settings.telegram_api_base)
+        exits.push_async_callback(bot.session.close)
+        if generation.kie_api_key is None:
+            fake_kie = await exits.enter_async_context(FakeKie())
+            generation.kie_api_key, generation.kie_base_url = fake_kie.api_key, fake_kie.base_url
+            print(f"No KIE_API_KEY: a local KIE runs at {fake_kie.base_url}.")
+        if generation.public_base_url is None and local:
+            generation.public_base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        kie = KieClient(generation.kie_base_url, generation.kie_api_key)
+        exits.push_async_callback(kie.close)
+        product = build_product(
+            bot=bot,
+            store=store,
+            db=db,
+            flows_path=settings.flows_path,
+            settings=generation,
+            kie=kie,
+            media_secret=settings.webhook_secret + secrets.token_hex(8),
+        )
+        await exits.enter_async_context(_http(product, settings, sock))
+        await exits.enter_async_context(background(product))
+        if not local:
+            await bot.delete_webhook(drop_pending_updates=False)
+            await product.dispatcher.start_polling(bot)
+            return 0
+        where = f"a local Telegram runs at {api.base_url}"
+        print(f"No BOT_TOKEN: {where}. Type /start, then button numbers.")
+        polling = asyncio.create_task(product.dispatcher.start_polling(bot, handle_signals=False))
         try:
             await run_terminal_chat(api, LOCAL_CHAT, LOCAL_CHAT)
         finally:
-            await dispatcher.stop_polling()
+            await product.dispatcher.stop_polling()
             with contextlib.suppress(asyncio.CancelledError):
                 await polling
-            await bot.session.close()
     return 0
 
 

@@ -54,6 +54,11 @@ _ENTITIES_OF = {"text": "entities", "caption": "caption_entities"}
 # Media kinds by send method, with the fields their objects carry besides the file's own.
 _MEDIA = {"sendPhoto": "photo", "sendVideo": "video", "sendAudio": "audio"}
 _MEDIA |= {"sendDocument": "document", "sendAnimation": "animation"}
+# A valid 1x1 PNG, served for files that simulated users "sent".
+TINY_PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489"
+    "0000000d49444154789c63f8cfc0f01f00050001ff89993d1d0000000049454e44ae426082"
+)
 _SHAPES: dict[str, JSONDict] = {
     "photo": {"width": 1280, "height": 1280, "file_size": 90_000},
     "video": {"width": 1280, "height": 720, "duration": 5, "file_size": 10**6},
@@ -192,6 +197,7 @@ class FakeBotAPI:
         self.messages: dict[int, dict[int, JSONDict]] = {}  # the bot's, latest version
         self.answered_callbacks: dict[str, int] = {}  # attempts per query id, failed too
         self.files: dict[str, JSONDict] = {}  # file_id -> File
+        self.file_bytes: dict[str, bytes] = {}  # file_unique_id -> uploaded content
         self.base_url = ""
         self._answered: set[str] = set()
         self._errors: dict[str, list[ApiError]] = {}
@@ -209,6 +215,7 @@ class FakeBotAPI:
             self._closing = False
             app = web.Application(client_max_size=50 * 2**20)
             app.router.add_route("*", "/bot{token}/{method}", self._handle)
+            app.router.add_get("/file/bot{token}/files/{unique_id}", self._download)
             self._runner = web.AppRunner(app, access_log=None)
             await self._runner.setup()
             await web.TCPSite(self._runner, host, port).start()
@@ -363,6 +370,14 @@ class FakeBotAPI:
         self._record(Call(method, params, token, at, False, result, files))
         return web.json_response({"ok": True, "result": result})
 
+    async def _download(self, request: web.Request) -> web.Response:
+        """Bot.download_file: the bytes an upload carried, or a tiny PNG for files a
+        simulated user sent (they have no bytes of their own)."""
+        unique_id = request.match_info["unique_id"]
+        if not any(f["file_unique_id"] == unique_id for f in self.files.values()):
+            raise web.HTTPNotFound()
+        return web.Response(body=self.file_bytes.get(unique_id, TINY_PNG))
+
     async def _get_updates(self, params: JSONDict) -> list[JSONDict]:
         """As in Telegram, an offset confirms, and so drops, every update before it."""
         offset, limit = int(params.get("offset") or 0), int(params.get("limit") or 100)
@@ -466,6 +481,8 @@ class FakeBotAPI:
             shape |= {"file_name": upload.filename} if "file_name" in shape else {}
         file_id = "" if upload or "://" in ref else ref  # a file_id is reused, a URL is new
         media: Any = self._new_file(kind, file_id, **shape)
+        if upload is not None:
+            self.file_bytes[media["file_unique_id"]] = upload.data
         content = {kind: [media] if kind == "photo" else media}
         if kind == "animation":  # Telegram sends an animation as a document too
             content["document"] = media

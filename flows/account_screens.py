@@ -1,0 +1,69 @@
+"""The balance and history screens, and getting a result again.
+
+Amounts are shown from the ledger (available and on hold); history lines come
+from the jobs table. Words come from flows.yaml through `ctx.text`.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable, Mapping, Sequence
+
+from engine.registry import Context, Option, Outcome, Registry
+from flows.generation.delivery import deliver_result
+from flows.generation.service import rub
+from flows.services import Services
+from storage.jobs import JobRecord
+
+HISTORY_LINES = 10
+_STATUS = {
+    "charged": "job_status_done",
+    "lost": "job_status_done",
+    "released": "job_status_failed",
+}
+
+
+def _title(job: JobRecord) -> str:
+    return str(job.request.get("title", job.model_id))
+
+
+def _history_line(ctx: Context, job: JobRecord) -> str:
+    when = job.created_at.strftime("%d.%m %H:%M")
+    price = ctx.text("price_free") if job.price == 0 else rub(job.price)
+    status = ctx.text(_STATUS.get(job.state, "job_status_running"))
+    return f"• {when} — {html.escape(_title(job))}, {price}, {status}"
+
+
+def register_account_screens(registry: Registry, services: Callable[[], Services]) -> None:
+    @registry.data("balance_info")
+    async def balance_info(ctx: Context) -> Mapping[str, object]:
+        account = await services().account(ctx.user_id, ctx.locale)
+        balance = await services().ledger.balance(account)
+        return {"balance": rub(balance.available), "on_hold": rub(balance.pending)}
+
+    @registry.data("history_info")
+    async def history_info(ctx: Context) -> Mapping[str, object]:
+        jobs = await services().jobs.recent(ctx.user_id, HISTORY_LINES)
+        if not jobs:
+            return {"history": ctx.text("history_empty")}
+        return {"history": "\n".join(_history_line(ctx, job) for job in jobs)}
+
+    @registry.options("history_jobs")
+    async def history_jobs(ctx: Context) -> Sequence[Option]:
+        jobs = await services().jobs.recent(ctx.user_id, HISTORY_LINES)
+        return [
+            Option(job.id, f"📥 {_title(job)} · {job.created_at.strftime('%d.%m %H:%M')}")
+            for job in jobs
+            if job.state in ("charged", "lost") and job.result_urls
+        ]
+
+    @registry.action("resend")
+    async def resend(ctx: Context) -> Outcome | None:
+        job = await services().jobs.get(str(ctx.data.get("job")))
+        if job is None or job.user_id != ctx.user_id:
+            raise LookupError(f"job {ctx.data.get('job')!r} is not this user's")
+        caption = ctx.text("result_caption").format(model=_title(job))
+        await deliver_result(
+            ctx.bot, ctx.chat_id, job.kind, job.result_urls, caption, ctx.text("result_link")
+        )
+        return None

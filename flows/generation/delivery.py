@@ -1,0 +1,70 @@
+"""Sending a result to the user as the right kind of message, whatever Telegram refuses.
+
+By URL first (Telegram fetches it, nothing passes through us); when Telegram
+cannot fetch or use the URL, we download the file and upload it; when that
+fails too, the user still gets a link. Never silence.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import aiohttp
+from aiogram import Bot
+from aiogram.exceptions import TelegramBadRequest, TelegramNetworkError
+from aiogram.types import BufferedInputFile
+
+log = logging.getLogger(__name__)
+
+MAX_UPLOAD_BYTES = 50 * 1024 * 1024  # Telegram's upload limit for bots
+
+
+async def _send(bot: Bot, kind: str, chat_id: int, media: Any, caption: str) -> None:
+    if kind in ("text_to_image", "image_to_image", "edit", "image"):
+        await bot.send_photo(chat_id, media, caption=caption)
+    elif kind in ("text_to_video", "image_to_video", "video"):
+        await bot.send_video(chat_id, media, caption=caption)
+    elif kind in ("audio", "music", "speech"):
+        await bot.send_audio(chat_id, media, caption=caption)
+    else:
+        await bot.send_document(chat_id, media, caption=caption)
+
+
+async def _download(url: str) -> bytes | None:
+    timeout = aiohttp.ClientTimeout(total=120)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as http, http.get(url) as resp:
+            if resp.status != 200:
+                return None
+            body = await resp.content.read(MAX_UPLOAD_BYTES + 1)
+            return body if len(body) <= MAX_UPLOAD_BYTES else None
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        log.warning("download of a result failed: %s", exc)
+        return None
+
+
+async def deliver_result(
+    bot: Bot, chat_id: int, kind: str, urls: list[str], caption: str, link_text: str
+) -> str:
+    """Sends every result file; returns how the last one went: "url", "upload" or "link"."""
+    how = "url"
+    for url in urls:
+        try:
+            await _send(bot, kind, chat_id, url, caption)
+            how = "url"
+            continue
+        except (TelegramBadRequest, TelegramNetworkError) as exc:
+            log.info("Telegram refused the result by URL (%s), uploading it", exc)
+        body = await _download(url)
+        if body is not None:
+            name = url.rsplit("/", 1)[-1].split("?", 1)[0] or "result"
+            try:
+                await _send(bot, kind, chat_id, BufferedInputFile(body, name), caption)
+                how = "upload"
+                continue
+            except (TelegramBadRequest, TelegramNetworkError) as exc:
+                log.info("Telegram refused the uploaded result (%s), sending a link", exc)
+        await bot.send_message(chat_id, link_text.format(url=url))
+        how = "link"
+    return how

@@ -1,0 +1,47 @@
+"""From the confirm screen's data to a priced, self-contained generation request."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from engine.registry import Context
+from flows.generation.service import GenerationRequest
+from pricing.catalog import Catalog
+
+# The conversation data a job keeps, so "again" can show the same order.
+ORDER_KEYS = ("kind", "model", "params", "prompt", "image")
+
+
+def build_request(
+    catalog: Catalog, ctx: Context, image_url: Callable[[str], str]
+) -> GenerationRequest:
+    """Raises LookupError when the model or its price is gone (a deploy changed prices)."""
+    model = catalog.get(ctx.data.get("model"))
+    if model is None:
+        raise LookupError(f"no model {ctx.data.get('model')!r}")
+    raw_params = ctx.data.get("params")
+    chosen = model.chosen(dict(raw_params) if isinstance(raw_params, dict) else {})
+    price = 0 if model.free else model.price_kopecks(chosen)
+    if price is None:
+        raise LookupError(f"no price for {model.id} {chosen}")
+    kie_input: dict[str, Any] = {"prompt": str(ctx.data.get("prompt", "")), **chosen}
+    image = ctx.data.get("image")
+    if model.needs_image:
+        if not isinstance(image, dict) or "file_id" not in image:
+            raise LookupError("the model needs an image and none was given")
+        kie_input["image_urls"] = [image_url(str(image["file_id"]))]
+    kind = str(ctx.data.get("kind") or model.kinds[0])
+    if kind == "free":
+        kind = model.kinds[0]
+    title = model.title.get(ctx.locale) or next(iter(model.title.values()))
+    data = {k: ctx.data[k] for k in ORDER_KEYS if k in ctx.data}
+    return GenerationRequest(
+        model_id=model.id,
+        kie_model=model.kie_model,
+        kind=kind,
+        title=title,
+        input=kie_input,
+        price=price,
+        data=data,
+    )

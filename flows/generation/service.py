@@ -1,0 +1,424 @@
+"""A generation from the confirm tap to a charged or released hold.
+
+    created -> held -> submitting -> submitted -> running -> succeeded -> delivered -> charged
+                 \\          \\            \\          \\
+                  `----------`------------`----------`--> failed -> released
+
+Every step is a compare-and-set on the job row (storage.jobs), so the callback,
+the poller and recovery can all try to move a job and exactly one does. Money
+follows MONEY.md: the hold is placed before KIE is asked, posted only after the
+result reached the user, voided on failure; all ledger calls use ids derived
+from the job, so a step retried after a crash never moves money twice.
+
+A createTask that may have reached KIE is never sent again (S11): the job
+waits in `submitting` for a callback that names its task (the callback URL
+carries the job id), and is released at its deadline if none comes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from aiogram import Bot
+from aiogram.exceptions import TelegramAPIError
+
+from flows.generation.delivery import deliver_result
+from flows.generation.settings import GenerationSettings
+from kie.client import KieClient
+from kie.errors import CreateOutcomeUnknown, KieError
+from kie.task import TaskInfo
+from pricing.catalog import format_rub
+from storage.jobs import JobRecord, JobStore
+from storage.ledger import HoldExpired, HoldNotPending, InsufficientFunds, Ledger, UnknownHold
+from storage.users import ensure_user
+
+log = logging.getLogger(__name__)
+
+ACTIVE = ("submitted", "running")
+UNFINISHED = (
+    *("created", "held", "submitting", "submitted", "running", "succeeded"),
+    *("delivered", "failed"),
+)
+# How long the poller leaves a job to the step that is moving it before stepping in.
+GRACE = timedelta(seconds=60)
+
+
+def rub(kopecks: int) -> str:
+    return f"{format_rub(kopecks)} ₽"
+
+
+class Pusher(Protocol):
+    """The engine's way to show a screen outside an update (FlowEngine.push)."""
+
+    async def push(
+        self, bot: Bot, chat_id: int, user_id: int, state: str, data: dict[str, Any] | None = None
+    ) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """What the confirm screen showed, priced: everything a job needs to run on its own."""
+
+    model_id: str
+    kie_model: str
+    kind: str
+    title: str
+    input: dict[str, Any]
+    price: int
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    outcome: str  # "started", "insufficient_funds", "free_limit"
+    job: JobRecord
+
+
+class GenerationService:
+    def __init__(
+        self,
+        *,
+        jobs: JobStore,
+        ledger: Ledger,
+        kie: KieClient,
+        bot: Bot,
+        screens: Pusher,
+        text: Callable[[str, str], str],
+        settings: GenerationSettings,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.jobs = jobs
+        self.ledger = ledger
+        self.kie = kie
+        self.bot = bot
+        self.screens = screens
+        self.text = text
+        self.settings = settings
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------ start
+
+    async def start(
+        self, *, key: str, user_id: int, chat_id: int, locale: str, request: GenerationRequest
+    ) -> Started:
+        """Creates the job for `key` once (S1, S2), holds its price, and starts it."""
+        account = await ensure_user(self.ledger.engine, user_id, language=locale)
+        now = self.clock()
+        job_id = secrets.token_hex(8)
+        job, created = await self.jobs.create(
+            id=job_id,
+            # Known before the hold, so recovery can void a hold a crash left behind (S4).
+            hold_id=f"job:{job_id}" if request.price else None,
+            key=key[:64],
+            user_id=user_id,
+            chat_id=chat_id,
+            locale=locale,
+            model_id=request.model_id,
+            kie_model=request.kie_model,
+            kind=request.kind,
+            request={"input": request.input, "title": request.title, "data": request.data},
+            price=request.price,
+            callback_secret=secrets.token_urlsafe(24),
+            deadline_at=now + self.settings.job_timeout,
+            # Recovery leaves a young job to the tap that is starting it.
+            next_check_at=now + GRACE,
+        )
+        if not created:
+            return Started("rejected" if job.state == "rejected" else "started", job)
+        refusal = await self._hold(job, account)
+        if refusal is not None:
+            rejected = await self.jobs.move(job.id, ["created"], "rejected", detail=refusal)
+            return Started(refusal, rejected or job)
+        held = await self.jobs.move(job.id, ["created"], "held", next_check_at=now + GRACE)
+        if held is None:
+            return Started("started", job)  # recovery took it over meanwhile
+        self.spawn(self.advance(held.id))
+        return Started("started", held)
+
+    async def _hold(self, job: JobRecord, account: int) -> str | None:
+        """None when the job may go on; else why not."""
+        if job.price == 0:
+            since = self.clock() - timedelta(days=1)
+            used = await self.jobs.count_free_since(job.user_id, since)
+            # This job already counts itself.
+            return "free_limit" if used > self.settings.free_daily_limit else None
+        try:
+            assert job.hold_id is not None
+            await self.ledger.hold(
+                job.hold_id,
+                account,
+                job.price,
+                expires_in=self.settings.hold_timeout,
+                reason="generation",
+                note=str(job.request.get("title", job.model_id))[:200],
+            )
+        except InsufficientFunds:
+            return "insufficient_funds"
+        return None
+
+    # ------------------------------------------------------------ driving
+
+    def spawn(self, work: Any) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        """Waits for in-flight steps (graceful shutdown, tests)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def advance(self, job_id: str) -> None:
+        """Takes the job as far as it can go now; safe to call any number of times."""
+        try:
+            await self._advance(job_id)
+        except Exception:
+            log.exception("job %s: step failed; the poller will retry", job_id)
+
+    async def _advance(self, job_id: str) -> None:
+        job = await self.jobs.get(job_id)
+        if job is None or job.final:
+            return
+        if job.state == "created":
+            await self._fail(job, "interrupted before it started")  # S4
+        elif job.state in ("held", "submitting", *ACTIVE) and self.clock() >= job.deadline_at:
+            await self._fail(job, "timeout")
+        elif job.state == "held":
+            await self._submit(job)  # S4: a crash came between the hold and KIE
+        elif job.state == "succeeded":
+            await self._deliver(job)  # S6
+        elif job.state == "delivered":
+            await self._charge(job)  # S5
+        elif job.state == "failed":
+            await self._release(job)
+        elif job.task_id is not None:
+            await self._check(job)
+        else:  # submitting with no task id: only a callback can tell; look again at the deadline
+            await self.jobs.update(job.id, next_check_at=job.deadline_at)
+
+    async def _submit(self, job: JobRecord) -> None:
+        sending = await self.jobs.move(job.id, ["held"], "submitting")
+        if sending is None:
+            return
+        try:
+            task_id = await self.kie.create_task(
+                job.kie_model, job.request["input"], self._callback_url(job)
+            )
+        except CreateOutcomeUnknown as exc:
+            # It may have reached KIE: wait for its callback, never create a second task.
+            await self.jobs.update(job.id, next_check_at=job.deadline_at)
+            log.warning("job %s: create outcome unknown (%s); waiting for a callback", job.id, exc)
+            return
+        except KieError as exc:
+            await self._fail(sending, f"create refused: {exc}")
+            return
+        submitted = await self.jobs.move(
+            job.id,
+            ["submitting"],
+            "submitted",
+            task_id=task_id,
+            next_check_at=self.clock() + timedelta(seconds=self.settings.poll_interval_s),
+        )
+        if submitted is not None:
+            await self._progress(submitted)
+
+    def _callback_url(self, job: JobRecord) -> str | None:
+        base = self.settings.public_base_url
+        if not base:
+            return None
+        return f"{base.rstrip('/')}/kie/callback/{job.id}/{job.callback_secret}"
+
+    async def _check(self, job: JobRecord) -> None:
+        """Asks KIE (recordInfo is the authority) and applies what it says."""
+        assert job.task_id is not None
+        try:
+            info = await self.kie.record_info(job.task_id)
+        except KieError as exc:
+            log.warning("job %s: recordInfo failed: %s", job.id, exc)
+            await self._later(job)
+            return
+        await self.apply(job, info)
+
+    async def apply(self, job: JobRecord, info: TaskInfo) -> None:
+        if info.succeeded:
+            if not info.result_urls:
+                await self._fail(job, "KIE reported success without a result")
+                return
+            done = await self.jobs.move(
+                job.id,
+                ["submitting", *ACTIVE],
+                "succeeded",
+                task_id=info.task_id,
+                result_urls=list(info.result_urls),
+                next_check_at=self.clock() + GRACE,
+            )
+            if done is not None:
+                await self._deliver(done)
+        elif info.failed:
+            reason = f"KIE failed: {info.fail_code or ''} {info.fail_msg or ''}".strip()
+            await self._fail(job, reason)
+        else:
+            if job.state == "submitted":
+                running = await self.jobs.move(job.id, ["submitted"], "running")
+                job = running or job
+            await self._later(job)
+            await self._progress(job)
+
+    async def _later(self, job: JobRecord) -> None:
+        """Schedules the next poll with back-off; callbacks usually arrive first."""
+        delay = min(
+            self.settings.poll_max_interval_s,
+            self.settings.poll_interval_s * 1.5 ** min(job.polls, 20),
+        )
+        await self.jobs.update(
+            job.id,
+            polls=job.polls + 1,
+            next_check_at=min(job.deadline_at, self.clock() + timedelta(seconds=delay)),
+        )
+
+    # ------------------------------------------------------------ the end of a job
+
+    async def _deliver(self, job: JobRecord) -> None:
+        """Sends the result, then charges (S6: a crash here resends; it never charges twice)."""
+        title = str(job.request.get("title", job.model_id))
+        caption = self.text("result_caption", job.locale).format(model=title)
+        link = self.text("result_link", job.locale)
+        try:
+            await deliver_result(self.bot, job.chat_id, job.kind, job.result_urls, caption, link)
+        except TelegramAPIError as exc:
+            # The user blocked the bot or the chat is gone: the result exists, so it is sold.
+            log.warning("job %s: delivery failed for good: %s", job.id, exc)
+        delivered = await self.jobs.move(
+            job.id, ["succeeded"], "delivered", next_check_at=self.clock() + GRACE
+        )
+        if delivered is None:
+            return
+        await self._progress(delivered, "progress_done")
+        charge = (
+            self.text("charged_free", job.locale)
+            if job.price == 0
+            else self.text("charged_paid", job.locale).format(price=rub(job.price))
+        )
+        await self._show(delivered, "job_result", {"job_model": title, "job_charge": charge})
+        await self._charge(delivered)
+
+    async def _charge(self, job: JobRecord) -> None:
+        if job.hold_id is None:
+            await self.jobs.move(job.id, ["delivered"], "charged", detail="free")
+            return
+        try:
+            await self.ledger.post(f"post:{job.id}", job.hold_id)
+        except (HoldExpired, HoldNotPending) as exc:
+            # S8: the hold ran out before delivery; record the loss, never charge late.
+            await self.jobs.move(job.id, ["delivered"], "lost", detail=str(exc))
+            log.error("job %s: delivered but not charged: %s", job.id, exc)
+            return
+        await self.jobs.move(job.id, ["delivered"], "charged")
+
+    async def _fail(self, job: JobRecord, reason: str) -> None:
+        failed = await self.jobs.move(
+            job.id,
+            ["created", "held", "submitting", *ACTIVE],
+            "failed",
+            detail=reason,
+            error=reason[:300],
+            next_check_at=self.clock() + GRACE,
+        )
+        if failed is not None:
+            log.info("job %s failed: %s", job.id, reason)
+            await self._release(failed)
+
+    async def _release(self, job: JobRecord) -> None:
+        if job.hold_id is not None:
+            # Expired: released all the same. Unknown: the crash came before the hold.
+            with contextlib.suppress(HoldNotPending, UnknownHold):
+                await self.ledger.void(f"void:{job.id}", job.hold_id)
+        released = await self.jobs.move(job.id, ["failed"], "released")
+        if released is not None:
+            await self._progress(released, "progress_failed")
+            reason_key = "job_timeout" if (job.error or "") == "timeout" else "job_failed_reason"
+            await self._show(
+                released,
+                "job_failed",
+                {
+                    "job_model": str(job.request.get("title", job.model_id)),
+                    "job_reason": self.text(reason_key, job.locale),
+                },
+            )
+
+    async def _show(self, job: JobRecord, state: str, extra: dict[str, Any]) -> None:
+        data = {**dict(job.request.get("data") or {}), **extra}
+        try:
+            await self.screens.push(self.bot, job.chat_id, job.user_id, state, data)
+        except TelegramAPIError as exc:
+            log.warning("job %s: could not show %s: %s", job.id, state, exc)
+
+    async def _progress(self, job: JobRecord, key: str | None = None) -> None:
+        """One message per job, edited as it moves: the user never waits in silence."""
+        title = str(job.request.get("title", job.model_id))
+        elapsed = int((self.clock() - job.created_at).total_seconds())
+        text = self.text(key or f"progress_{job.state}", job.locale)
+        text = text.format(model=title, seconds=elapsed)
+        try:
+            if job.progress_message_id is None:
+                if key is not None:
+                    return  # finished before any progress was shown: the result says it all
+                sent = await self.bot.send_message(job.chat_id, text)
+                await self.jobs.update(job.id, progress_message_id=sent.message_id)
+            else:
+                await self.bot.edit_message_text(
+                    text, chat_id=job.chat_id, message_id=job.progress_message_id
+                )
+        except TelegramAPIError as exc:
+            log.info("job %s: progress not shown: %s", job.id, exc)
+
+    # ------------------------------------------------------------ callbacks, poller, recovery
+
+    async def on_callback(self, job_id: str, secret: str, info: TaskInfo) -> bool:
+        """A KIE callback; False (and nothing changed) unless it is for this job (S10)."""
+        job = await self.jobs.get(job_id)
+        if job is None or not hmac.compare_digest(job.callback_secret, secret):
+            return False
+        if job.task_id is not None and job.task_id != info.task_id:
+            return False
+        if job.final or job.state not in ("submitting", *ACTIVE):
+            return True  # a duplicate after the fact: acknowledged, nothing to do
+        try:
+            confirmed = await self.kie.record_info(info.task_id)
+        except KieError as exc:
+            log.warning("job %s: callback not confirmed yet: %s", job.id, exc)
+            return True  # the poller will look again
+        if job.task_id is None:
+            learned = await self.jobs.move(
+                job.id, ["submitting"], "submitted", task_id=confirmed.task_id
+            )
+            job = learned or job
+        await self.apply(job, confirmed)
+        return True
+
+    async def check_due(self) -> int:
+        """One poller pass: every unfinished job whose time has come takes a step."""
+        due = await self.jobs.due(UNFINISHED)
+        for job in due:
+            await self.advance(job.id)
+        return len(due)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """The poller and sweeper loop, until `stop` is set."""
+        while not stop.is_set():
+            try:
+                await self.check_due()
+                await self.ledger.expire_due()
+            except Exception:
+                log.exception("poller pass failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.poll_interval_s)

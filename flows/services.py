@@ -1,0 +1,51 @@
+"""What the product's actions need besides the conversation: money, jobs, generation.
+
+Built once per process. The generation service needs the bot and the engine
+(to show a finished job), which need the registry, which needs this: so it is
+attached after the engine exists (`attach_generation`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from flows.generation.service import GenerationService
+from storage.jobs import JobStore
+from storage.ledger import Ledger
+from storage.users import ensure_user
+
+
+@dataclass
+class Services:
+    db: AsyncEngine
+    ledger: Ledger
+    jobs: JobStore
+    _generation: GenerationService | None = field(default=None, repr=False)
+
+    @staticmethod
+    def need(services: Services | None) -> Callable[[], Services]:
+        def get() -> Services:
+            if services is None:
+                raise RuntimeError("this bot was built without a database")
+            return services
+
+        return get
+
+    @classmethod
+    def on(cls, db: AsyncEngine) -> Services:
+        return cls(db=db, ledger=Ledger(db), jobs=JobStore(db))
+
+    def attach_generation(self, generation: GenerationService) -> None:
+        self._generation = generation
+
+    @property
+    def generation(self) -> GenerationService:
+        if self._generation is None:
+            raise RuntimeError("the generation service is not attached")
+        return self._generation
+
+    async def account(self, user_id: int, locale: str) -> int:
+        return await ensure_user(self.db, user_id, language=locale)
