@@ -96,9 +96,16 @@ class Chat:
         self.chat_id = chat_id
         self.language_code = language_code
         self.screen_message: int | None = None
+        self._seen = len(self.api.calls)
 
     def _new_calls(self, before: int) -> list[Call]:
         return self.api.calls[before:]
+
+    def _catch_up(self) -> None:
+        """Screens the bot showed on its own (a finished job) count too."""
+        calls = self.api.calls[self._seen :]
+        self._seen += len(calls)
+        self._track(calls)
 
     def _track(self, calls: list[Call]) -> None:
         """Follows the screen: this chat's messages with a keyboard (every screen has one;
@@ -125,9 +132,8 @@ class Chat:
         before = len(self.api.calls)
         status = await self.stack.post(update)
         assert status == 200, status
-        calls = self._new_calls(before)
-        self._track(calls)
-        return calls
+        self._catch_up()
+        return self._new_calls(before)
 
     async def tap_data(self, data: str, message_id: int | None = None) -> tuple[list[Call], str]:
         """Taps; returns the calls made and the callback query id, answered exactly once."""
@@ -149,6 +155,7 @@ class Chat:
         return calls
 
     def screen(self) -> Screen:
+        self._catch_up()
         assert self.screen_message is not None, "the bot has shown no screen"
         msg = self.api.messages[self.chat_id][self.screen_message]
         markup = msg.get("reply_markup") or {}
@@ -193,6 +200,7 @@ async def running_stack(
     db_url: str | None = None,
     settings: GenerationSettings | None = None,
     catalog: Catalog | None = None,
+    kie_timeout_s: float = 5,
 ) -> AsyncIterator[Stack]:
     """The whole product on real HTTP: our webhook app on a real port, the real Bot talking
     to the fake Telegram, the real KIE client talking to the fake KIE, a real database.
@@ -223,7 +231,7 @@ async def running_stack(
         )
         bot = build_bot(TOKEN, api.base_url)
         exits.push_async_callback(bot.session.close)
-        client = KieClient(kie.base_url, kie.api_key, backoff_s=0.01, timeout_s=5)
+        client = KieClient(kie.base_url, kie.api_key, backoff_s=0.01, timeout_s=kie_timeout_s)
         exits.push_async_callback(client.close)
         product = build_product(
             bot=bot,

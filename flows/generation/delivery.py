@@ -20,15 +20,27 @@ log = logging.getLogger(__name__)
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024  # Telegram's upload limit for bots
 
 
+def media_kind(kind: str) -> str:
+    """What a kind of work produces: "video", "audio", "photo" or, unknown, "document"."""
+    if "video" in kind:
+        return "video"
+    if any(word in kind for word in ("audio", "music", "speech")):
+        return "audio"
+    if "image" in kind or "edit" in kind:
+        return "photo"
+    return "document"
+
+
 async def _send(bot: Bot, kind: str, chat_id: int, media: Any, caption: str) -> None:
-    if kind in ("text_to_image", "image_to_image", "edit", "image"):
-        await bot.send_photo(chat_id, media, caption=caption)
-    elif kind in ("text_to_video", "image_to_video", "video"):
-        await bot.send_video(chat_id, media, caption=caption)
-    elif kind in ("audio", "music", "speech"):
-        await bot.send_audio(chat_id, media, caption=caption)
-    else:
-        await bot.send_document(chat_id, media, caption=caption)
+    match media_kind(kind):
+        case "photo":
+            await bot.send_photo(chat_id, media, caption=caption)
+        case "video":
+            await bot.send_video(chat_id, media, caption=caption)
+        case "audio":
+            await bot.send_audio(chat_id, media, caption=caption)
+        case _:
+            await bot.send_document(chat_id, media, caption=caption)
 
 
 async def _download(url: str) -> bytes | None:
