@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint bench
+.PHONY: run test lint bench bench-ledger
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,14 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/trt flows check
+	$(BIN)/trt pricing check
 	$(BIN)/pytest
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.engine_bench
+	$(BIN)/python -m bench.ledger_bench
+
+# Needs PostgreSQL (TEST_DATABASE_URL, default postgres@127.0.0.1:5432/test) and pgbench;
+# see `python -m bench.ledger_bench --help` for --quick and --no-postgres.
+bench-ledger: $(STAMP)
+	$(BIN)/python -m bench.ledger_bench

@@ -137,8 +137,15 @@ class _Checker:
             if st.input is not None:
                 iloc: Loc = (*loc, "input")
                 self.text((*iloc, "error"), st.input.error)
-                if st.input.next not in spec.states:
-                    self.at((*iloc, "next"), f"unknown state {st.input.next!r}")
+                for key, target in [("next", st.input.next)] + [
+                    ("outcomes", o) for o in st.input.outcomes
+                ]:
+                    if target not in spec.states:
+                        self.at((*iloc, key), f"unknown state {target!r}")
+                if st.input.outcomes and not st.input.action:
+                    self.at((*iloc, "outcomes"), "'outcomes' needs an 'action'")
+                if st.input.action is not None:
+                    self.action_ref((*iloc, "action"), st.input.action)
                 if "text" in st.input.accept and st.input.example is None:
                     self.at(iloc, "a text input needs an 'example' for the path tests")
                 if st.input.min_length > st.input.max_length:
@@ -186,6 +193,7 @@ class _Checker:
         used_actions = {
             b.action for st in self.spec.states.values() for row in st.buttons for b in row
         } | {st.options.action for st in self.spec.states.values() if st.options}
+        used_actions |= {st.input.action for st in self.spec.states.values() if st.input}
         used_providers = {p for st in self.spec.states.values() for p in st.data} | {
             st.options.provider for st in self.spec.states.values() if st.options
         }

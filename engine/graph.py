@@ -55,6 +55,9 @@ def declared_edges(spec: FlowSpec) -> Iterator[Edge]:
             yield Edge(name, OPTION, st.options.to)
         if st.input is not None:
             yield Edge(name, INPUT, st.input.next)
+            for dest in st.input.outcomes:
+                if dest != st.input.next:
+                    yield Edge(name, INPUT, dest)
         back = back_target(spec, name)
         if back is not None:
             yield Edge(name, BACK, back)

@@ -318,6 +318,16 @@ class FlowEngine:
             await self.send(where, snap, prefix=error)
             return
         data = {**snap.data, st.input.store: value}
+        if st.input.action is not None:
+
+            async def notify(text: str | None = None, show_alert: bool = False) -> None:
+                # A message has no callback to answer: a notice is a message of its own.
+                if text:
+                    await where.bot.send_message(where.chat_id, text)
+
+            allowed = self.graph.dests(snap.state, INPUT)
+            await self.run_action(where, snap, st.input.action, {}, data, allowed, None, notify)
+            return
         dest = self.graph.dests(snap.state, INPUT)[0]
         moved = Snapshot(dest, snap.counter + 1, snap.locale, data)
         if not await self.store.save(where.key, moved, snap.counter):

@@ -73,6 +73,10 @@ class Input(_Strict):
     error: LocalizedText
     # A valid value the path tests may type; required for text inputs.
     example: str | None = None
+    # Runs after the value is stored (a promo code to redeem); like a button's, it may
+    # go to one of `outcomes` instead of `next`.
+    action: Identifier | None = None
+    outcomes: list[Identifier] = Field(default_factory=list)
 
 
 class State(_Strict):

@@ -5,6 +5,12 @@ runs for every callback query, matched or not, and its `finally` answers the
 query when nothing else did. A failing answer is logged, never raised, so it
 cannot hide the handler's own error (the flaw of aiogram's own
 CallbackAnswerMiddleware).
+
+An error that a later delivery can cure (the product says which: the database
+being down) still gets the user an apology, and then `UpdateNotProcessed` is
+raised out of the dispatcher, so the transport does not acknowledge the update
+and Telegram delivers it again. A user who blocked the bot gets no apology: it
+could not reach them.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiogram import BaseMiddleware, Bot, Dispatcher, Router
-from aiogram.exceptions import TelegramAPIError
+from aiogram.exceptions import TelegramAPIError, TelegramForbiddenError
 from aiogram.filters import CommandStart
 from aiogram.types import CallbackQuery, Message, TelegramObject, User
 
@@ -24,6 +30,19 @@ from engine.runtime import FlowEngine, Where
 log = logging.getLogger("engine")
 
 Handler = Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]]
+RetryLater = Callable[[BaseException], bool]
+
+
+def _never(_: BaseException) -> bool:
+    return False
+
+
+class UpdateNotProcessed(Exception):
+    """The update failed for a reason a redelivery can cure; the user was told already."""
+
+    def __init__(self, error_id: str) -> None:
+        super().__init__(error_id)
+        self.error_id = error_id
 
 
 class AnswerOnce:
@@ -57,8 +76,9 @@ def _error_text(engine: FlowEngine, user: User | None) -> tuple[str, str]:
 
 
 class CallbackAnswers(BaseMiddleware):
-    def __init__(self, engine: FlowEngine) -> None:
+    def __init__(self, engine: FlowEngine, retry_later: RetryLater = _never) -> None:
         self.engine = engine
+        self.retry_later = retry_later
 
     async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
         assert isinstance(event, CallbackQuery)
@@ -66,10 +86,15 @@ class CallbackAnswers(BaseMiddleware):
         data["answer"] = answer
         try:
             return await handler(event, data)
-        except Exception:
+        except TelegramForbiddenError as exc:
+            log.info("callback %s: the user blocked the bot (%s)", event.id, exc.message)
+            return None
+        except Exception as exc:
             error_id, text = _error_text(self.engine, event.from_user)
             log.exception("callback %s failed [error %s]", event.id, error_id)
             await answer(text, show_alert=True)
+            if self.retry_later(exc):
+                raise UpdateNotProcessed(error_id) from exc
             return None
         finally:
             await answer()
@@ -78,20 +103,26 @@ class CallbackAnswers(BaseMiddleware):
 class MessageErrors(BaseMiddleware):
     """A failing message handler still gets the user an apology with an error id."""
 
-    def __init__(self, engine: FlowEngine) -> None:
+    def __init__(self, engine: FlowEngine, retry_later: RetryLater = _never) -> None:
         self.engine = engine
+        self.retry_later = retry_later
 
     async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
         assert isinstance(event, Message)
         try:
             return await handler(event, data)
-        except Exception:
+        except TelegramForbiddenError as exc:
+            log.info("message %s: the user blocked the bot (%s)", event.message_id, exc.message)
+            return None
+        except Exception as exc:
             error_id, text = _error_text(self.engine, event.from_user)
             log.exception("message %s failed [error %s]", event.message_id, error_id)
             try:
                 await data["bot"].send_message(event.chat.id, text)
-            except TelegramAPIError as exc:
-                log.warning("could not send the apology for %s: %s", error_id, exc)
+            except TelegramAPIError as apology_failed:
+                log.warning("could not send the apology for %s: %s", error_id, apology_failed)
+            if self.retry_later(exc):
+                raise UpdateNotProcessed(error_id) from exc
             return None
 
 
@@ -116,8 +147,10 @@ def build_router(engine: FlowEngine) -> Router:
     return router
 
 
-def install(dispatcher: Dispatcher, engine: FlowEngine) -> None:
-    """Answers and errors at the dispatcher, so product routers included later are covered too."""
-    dispatcher.callback_query.outer_middleware(CallbackAnswers(engine))
-    dispatcher.message.outer_middleware(MessageErrors(engine))
+def install(dispatcher: Dispatcher, engine: FlowEngine, retry_later: RetryLater = _never) -> None:
+    """Answers and errors at the dispatcher, so product routers included later are covered too.
+
+    `retry_later` picks the errors after which the update is not acknowledged."""
+    dispatcher.callback_query.outer_middleware(CallbackAnswers(engine, retry_later))
+    dispatcher.message.outer_middleware(MessageErrors(engine, retry_later))
     dispatcher.include_router(build_router(engine))

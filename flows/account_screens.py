@@ -14,8 +14,11 @@ from flows.generation.delivery import deliver_result
 from flows.generation.service import rub
 from flows.services import Services
 from storage.jobs import JobRecord
+from storage.ledger import StatementLine
 
 HISTORY_LINES = 10
+MOVEMENTS = 5
+_REASONS = ("topup", "generation", "refund", "welcome", "referral", "promo", "admin")
 _STATUS = {
     "charged": "job_status_done",
     "lost": "job_status_done",
@@ -25,6 +28,14 @@ _STATUS = {
 
 def _title(job: JobRecord) -> str:
     return str(job.request.get("title", job.model_id))
+
+
+def _movement(ctx: Context, line: StatementLine) -> str:
+    """A ledger line in plain words: "+150 ₽ top-up", "−11 ₽ generation (Flux 2)"."""
+    sign = "+" if line.posted > 0 else "−"
+    words = ctx.text(f"mv_{line.reason}") if line.reason in _REASONS else line.reason
+    note = f" ({html.escape(line.note)})" if line.note and line.reason == "generation" else ""
+    return f"• {line.at.strftime('%d.%m')} {sign}{rub(abs(line.posted))} {words}{note}"
 
 
 def _history_line(ctx: Context, job: JobRecord) -> str:
@@ -37,9 +48,16 @@ def _history_line(ctx: Context, job: JobRecord) -> str:
 def register_account_screens(registry: Registry, services: Callable[[], Services]) -> None:
     @registry.data("balance_info")
     async def balance_info(ctx: Context) -> Mapping[str, object]:
+        ledger = services().ledger
         account = await services().account(ctx.user_id, ctx.locale)
-        balance = await services().ledger.balance(account)
-        return {"balance": rub(balance.available), "on_hold": rub(balance.pending)}
+        balance = await ledger.balance(account)
+        lines = [x for x in await ledger.statement(account, limit=20) if x.posted][:MOVEMENTS]
+        movements = "\n".join(_movement(ctx, line) for line in lines)
+        return {
+            "balance": rub(balance.available),
+            "on_hold": rub(balance.pending),
+            "movements": movements or ctx.text("movements_empty"),
+        }
 
     @registry.data("history_info")
     async def history_info(ctx: Context) -> Mapping[str, object]:

@@ -8,23 +8,28 @@ from engine.registry import Registry
 from flows.account_screens import register_account_screens
 from flows.catalog_menus import register_catalog_menus
 from flows.generate_action import register_generate
+from flows.payments.screens import register_payment_screens
 from flows.services import Services
-from pricing.catalog import Catalog, load_catalog
+from pricing.catalog import Catalog
+from pricing.source import CatalogSource, catalog_provider
 
 
 def build_registry(
-    catalog: Catalog | None = None,
+    catalog: Catalog | CatalogSource | None = None,
     services: Services | None = None,
     image_url: Callable[[str], str] | None = None,
 ) -> Registry:
     """`services` may be None where no database is wanted (`trt flows check`, the engine
-    benchmark): everything is registered, and what needs money or jobs fails if used."""
+    benchmark): everything is registered, and what needs money or jobs fails if used.
+    `catalog` None reads pricing/KIE_PRICING_RUB.json and rereads it when it changes, so
+    editors' price changes apply without a restart; a fixed Catalog is for tests."""
     registry = Registry()
-    current = catalog or load_catalog()
+    current = catalog_provider(catalog)
     register_catalog_menus(registry, current)
     need = Services.need(services)
     register_account_screens(registry, need)
-    register_generate(registry, need, lambda: current, image_url or _no_images)
+    register_generate(registry, need, current, image_url or _no_images)
+    register_payment_screens(registry, need)
     return registry
 
 

@@ -1,8 +1,8 @@
 """What the product's actions need besides the conversation: money, jobs, generation.
 
-Built once per process. The generation service needs the bot and the engine
-(to show a finished job), which need the registry, which needs this: so it is
-attached after the engine exists (`attach_generation`).
+Built once per process. The generation and payments services need the bot and
+the engine (to show a finished job or a receipt), which need the registry,
+which needs this: so they are attached after the engine exists.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from flows.generation.service import GenerationService
+from flows.payments.service import PaymentsService
 from storage.jobs import JobStore
 from storage.ledger import Ledger
 from storage.users import ensure_user
@@ -24,6 +25,7 @@ class Services:
     ledger: Ledger
     jobs: JobStore
     _generation: GenerationService | None = field(default=None, repr=False)
+    _payments: PaymentsService | None = field(default=None, repr=False)
 
     @staticmethod
     def need(services: Services | None) -> Callable[[], Services]:
@@ -40,6 +42,15 @@ class Services:
 
     def attach_generation(self, generation: GenerationService) -> None:
         self._generation = generation
+
+    def attach_payments(self, payments: PaymentsService) -> None:
+        self._payments = payments
+
+    @property
+    def payments(self) -> PaymentsService:
+        if self._payments is None:
+            raise RuntimeError("the payments service is not attached")
+        return self._payments
 
     @property
     def generation(self) -> GenerationService:

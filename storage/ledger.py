@@ -292,17 +292,20 @@ class Ledger:
         conn: AsyncConnection,
         changes: dict[int, dict[str, int]],
         guard: int | None = None,
+        *,
+        user: int,
     ) -> bool:
         """Adds to account totals. With `guard`, that (user) account's update applies only
         if it keeps available >= 0; it goes first, so a refusal has changed nothing.
 
-        Order: user rows first, system rows last. Every transfer touches at most one user
+        Order: the user row first, system rows last. Every transfer touches exactly one user
         account, so this order never deadlocks, and the hot system rows (revenue, top-ups)
-        stay locked for the shortest time.
+        stay locked for the shortest time. The caller names the user row: the order must not
+        depend on which system accounts this instance has looked up so far (a fresh Ledger,
+        such as a sweeper's, has looked up none and would lock the system row first).
         """
-        system = set(self._system.values())
-        order = sorted(changes, key=lambda account: (account in system, account))
-        assert guard is None or order[0] == guard, (guard, order)
+        order = [user, *sorted(account for account in changes if account != user)]
+        assert guard is None or guard == user, (guard, user)
         for account_id in order:
             deltas = changes[account_id]
             stmt = (
@@ -383,6 +386,7 @@ class Ledger:
             if not await self._move(
                 conn,
                 {src: {"debits_posted": amount}, account_id: {"credits_posted": amount}},
+                user=account_id,
             ):
                 return _Refusal(UnknownAccount(f"no account {account_id}"))
             return await self._record(
@@ -422,6 +426,7 @@ class Ledger:
                 conn,
                 {account_id: {"debits_posted": amount}, dst: {"credits_posted": amount}},
                 guard=account_id,
+                user=account_id,
             ):
                 return await self._short_or_unknown(conn, account_id, amount)
             return await self._record(
@@ -470,6 +475,7 @@ class Ledger:
                 conn,
                 {account_id: {"debits_pending": amount}, dst: {"credits_pending": amount}},
                 guard=account_id,
+                user=account_id,
             ):
                 return await self._short_or_unknown(conn, account_id, amount)
             record = await self._record(
@@ -516,7 +522,12 @@ class Ledger:
         # changes): one round trip instead of three.
         hold = (
             await conn.execute(
-                select(_holds, _transfers.c.credit_account_id, _transfers.c.reason)
+                select(
+                    _holds,
+                    _transfers.c.credit_account_id,
+                    _transfers.c.reason,
+                    _transfers.c.note,
+                )
                 .join(_transfers, _transfers.c.id == _holds.c.id)
                 .where(_holds.c.id == hold_id)
             )
@@ -553,6 +564,7 @@ class Ledger:
                 user: {"debits_pending": -hold.amount, "debits_posted": posted},
                 dst: {"credits_pending": -hold.amount, "credits_posted": posted},
             },
+            user=user,
         )
         return await self._record(
             conn,
@@ -565,6 +577,7 @@ class Ledger:
                 amount=posted,
                 pending_id=hold_id,
                 reason=hold.reason,
+                note=hold.note,
             ),
             [
                 (user, hold.amount, True),

@@ -303,3 +303,98 @@ class JobEvent(SQLModel, table=True):
     state: str = Field(sa_column=Column(String(12), nullable=False))
     detail: str | None = Field(default=None, sa_column=Column(String(300), nullable=True))
     at: datetime = _utc_column()
+
+
+# ------------------------------------------------------------------ payments and growth
+
+ORDER_STATES = ("created", "paid", "expired")
+
+
+class Order(SQLModel, table=True):
+    """One invoice; its id is the invoice payload, so a payment names its order."""
+
+    __tablename__ = "orders"
+    __table_args__ = (
+        CheckConstraint(f"state IN {ORDER_STATES!r}", name="state"),
+        CheckConstraint("amount > 0 AND credit > 0", name="amounts"),
+    )
+
+    id: str = Field(sa_column=Column(String(32), primary_key=True))
+    user_id: int = Field(
+        sa_column=Column(BigInteger, ForeignKey("users.id"), nullable=False, index=True)
+    )
+    package_id: str = Field(sa_column=Column(String(32), nullable=False))
+    currency: str = Field(sa_column=Column(String(8), nullable=False))
+    amount: int = Field(sa_column=Column(BigInteger, nullable=False))  # Stars, or kopecks
+    credit: int = Field(sa_column=Column(BigInteger, nullable=False))  # kopecks to the balance
+    state: str = Field(sa_column=Column(String(8), nullable=False))
+    created_at: datetime = _utc_column()
+    expires_at: datetime = _utc_column()
+
+
+class Payment(SQLModel, table=True):
+    """One successful payment: its Telegram charge id credits exactly once (I5, S9, S12)."""
+
+    __tablename__ = "payments"
+
+    charge_id: str = Field(sa_column=Column(String(128), primary_key=True))
+    order_id: str = Field(
+        sa_column=Column(String(32), ForeignKey("orders.id"), nullable=False, index=True)
+    )
+    user_id: int = Field(
+        sa_column=Column(BigInteger, ForeignKey("users.id"), nullable=False, index=True)
+    )
+    currency: str = Field(sa_column=Column(String(8), nullable=False))
+    amount: int = Field(sa_column=Column(BigInteger, nullable=False))
+    credit: int = Field(sa_column=Column(BigInteger, nullable=False))
+    provider_charge_id: str | None = Field(
+        default=None, sa_column=Column(String(128), nullable=True)
+    )
+    refunded_at: datetime | None = _utc_column(nullable=True)
+    created_at: datetime = _utc_column()
+
+
+class PromoCode(SQLModel, table=True):
+    __tablename__ = "promo_codes"
+    __table_args__ = (
+        CheckConstraint("amount > 0", name="amount"),
+        CheckConstraint("used >= 0 AND used <= max_uses", name="uses"),
+    )
+
+    code: str = Field(sa_column=Column(String(32), primary_key=True))
+    amount: int = Field(sa_column=Column(BigInteger, nullable=False))
+    max_uses: int = Field(sa_column=Column(Integer, nullable=False))
+    used: int = Field(default=0, sa_column=Column(Integer, nullable=False))
+    expires_at: datetime | None = _utc_column(nullable=True)
+    created_by: int = Field(sa_column=Column(BigInteger, nullable=False))
+    created_at: datetime = _utc_column()
+
+
+class PromoRedemption(SQLModel, table=True):
+    """One per user and code: the primary key is the once-per-user rule."""
+
+    __tablename__ = "promo_redemptions"
+
+    code: str = Field(
+        sa_column=Column(String(32), ForeignKey("promo_codes.code"), primary_key=True)
+    )
+    user_id: int = Field(sa_column=Column(BigInteger, ForeignKey("users.id"), primary_key=True))
+    at: datetime = _utc_column()
+
+
+class AdminAudit(SQLModel, table=True):
+    """Every admin command, its arguments and what came of it."""
+
+    __tablename__ = "admin_audit"
+
+    id: int | None = Field(
+        default=None,
+        sa_column=Column(
+            BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+        ),
+    )
+    admin_id: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
+    command: str = Field(sa_column=Column(String(32), nullable=False))
+    args: str = Field(sa_column=Column(String(500), nullable=False))
+    result: str = Field(sa_column=Column(String(500), nullable=False))
+    at: datetime = _utc_column()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from storage.db import insert_if_absent
@@ -57,3 +57,23 @@ async def ensure_user(
 
 async def _user_exists(conn: AsyncConnection, user_id: int) -> bool:
     return await conn.scalar(select(_users.c.id).where(_users.c.id == user_id)) is not None
+
+
+async def referrer_of(engine: AsyncEngine, user_id: int) -> int | None:
+    async with engine.connect() as conn:
+        found = await conn.scalar(select(_users.c.referrer_id).where(_users.c.id == user_id))
+    return int(found) if found is not None else None
+
+
+async def set_active(engine: AsyncEngine, user_id: int, active: bool) -> bool:
+    """Marks whether the bot can reach the user (False: they blocked it); True if it changed.
+
+    Only known users: one who blocked the bot before ever being stored has nothing to mark.
+    """
+    async with engine.begin() as conn:
+        result = await conn.execute(
+            update(_users)
+            .where(_users.c.id == user_id, _users.c.is_active != active)
+            .values(is_active=active)
+        )
+    return bool(result.rowcount)

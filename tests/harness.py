@@ -26,6 +26,7 @@ from engine.spec import PLACEHOLDER
 from engine.store import StateStore
 from engine.webhook import WEBHOOK_PATH
 from flows.generation.settings import GenerationSettings
+from flows.payments.settings import PaymentSettings
 from kie.client import KieClient
 from kie.fake_script import Behaviour
 from kie.fake_server import FakeKie
@@ -35,6 +36,7 @@ from storage.db import create_engine
 from storage.migrate import upgrade_to_head
 from storage.settings import DatabaseSettings
 from trt.app import build_bot
+from trt.flood import FloodLimits
 from trt.product import Product, background, build_product, product_routes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -201,13 +203,17 @@ async def running_stack(
     settings: GenerationSettings | None = None,
     catalog: Catalog | None = None,
     kie_timeout_s: float = 5,
+    payment_settings: PaymentSettings | None = None,
+    flood: FloodLimits | None = None,
+    token: str = TOKEN,
 ) -> AsyncIterator[Stack]:
     """The whole product on real HTTP: our webhook app on a real port, the real Bot talking
     to the fake Telegram, the real KIE client talking to the fake KIE, a real database.
 
     `store`: the conversation store (default: SQL on the same database). `actions`
     replace product actions (tests that count runs or make one fail). `api`, `kie` and
-    `db_url`: share them between stacks, as two processes would.
+    `db_url`: share them between stacks, as two processes would. `flood`: per-user
+    flood control as `trt serve` has it (off by default: tests tap faster than people).
     """
     async with contextlib.AsyncExitStack() as exits:
         if api is None:
@@ -229,7 +235,7 @@ async def running_stack(
             PUBLIC_BASE_URL=url,
             POLL_INTERVAL_S=0.2,
         )
-        bot = build_bot(TOKEN, api.base_url)
+        bot = build_bot(token, api.base_url)
         exits.push_async_callback(bot.session.close)
         client = KieClient(kie.base_url, kie.api_key, backoff_s=0.01, timeout_s=kie_timeout_s)
         exits.push_async_callback(client.close)
@@ -242,6 +248,8 @@ async def running_stack(
             kie=client,
             media_secret="test-media-secret",
             catalog=catalog,
+            payment_settings=payment_settings or PaymentSettings(),
+            flood=flood,
         )
         product.engine.registry.actions.update(actions or {})
         app = web.Application()

@@ -57,7 +57,7 @@ def test_paths_cover_every_state_and_transition() -> None:
     # Shortest first, every path starts at an entry (the root unless the state is
     # pushed), no path is a prefix of another.
     assert [len(p) for p in paths] == sorted(len(p) for p in paths)
-    assert GRAPH.entries == ["main", "job_result", "job_failed"]
+    assert GRAPH.entries == ["main", "job_result", "job_failed", "balance"]
     assert all(p[0].source in GRAPH.entries for p in paths)
     assert {p[0].source for p in paths if p[0].source != GRAPH.root} == {
         "job_result",

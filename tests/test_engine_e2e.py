@@ -23,9 +23,9 @@ RU = parse_flow(SOURCE).spec
 def counting_actions(
     runs: list[int], *, fail: bool = False, delay: float = 0.0
 ) -> dict[str, Action]:
-    """A `top_up` action in place of the product's, that counts its runs."""
+    """A `buy_package` action in place of the product's, that counts its runs."""
 
-    async def top_up(ctx: Context) -> Outcome:
+    async def buy_package(ctx: Context) -> Outcome:
         runs.append(ctx.user_id)
         if delay:
             await asyncio.sleep(delay)
@@ -33,7 +33,16 @@ def counting_actions(
             raise RuntimeError("payment provider is down")
         return Outcome(notice="param_saved")
 
-    return {"top_up": top_up}
+    return {"buy_package": buy_package}
+
+
+PACKAGE = "150 ₽ за 100 ⭐"
+
+
+async def to_packages(chat: Chat) -> None:
+    await chat.send("/start")
+    await chat.tap("💰 Баланс")
+    await chat.tap("💳 Пополнить")
 
 
 @pytest.fixture
@@ -119,9 +128,8 @@ async def test_double_tap_racing_itself_runs_the_action_once() -> None:
     runs: list[int] = []
     async with running_stack(MemoryStore(), actions=counting_actions(runs, delay=0.05)) as s:
         chat = s.chat(8)
-        await chat.send("/start")
-        await chat.tap("💰 Баланс")
-        data = chat.screen().data_of("💳 Пополнить")
+        await to_packages(chat)
+        data = chat.screen().data_of(PACKAGE)
         results = await asyncio.gather(*(chat.tap_data(data) for _ in range(5)))
         assert runs == [8]
         notices = sorted(str(answer_text(calls, qid)) for calls, qid in results)
@@ -134,25 +142,25 @@ async def test_an_action_that_raises_gets_an_error_id_and_keeps_the_state() -> N
     runs: list[int] = []
     async with running_stack(MemoryStore(), actions=counting_actions(runs, fail=True)) as s:
         chat = s.chat(9)
-        await chat.send("/start")
-        await chat.tap("💰 Баланс")
-        calls = await chat.tap("💳 Пополнить")
+        await to_packages(chat)
+        calls = await chat.tap(PACKAGE)
         text = answer_text(calls)
         assert text is not None
         assert re.fullmatch(r"Что-то пошло не так \(код [0-9a-f]{6}\)\. Попробуйте ещё раз\.", text)
-        assert await state_of(chat) == "balance"
+        assert await state_of(chat) == "topup"
         # The screen was redrawn with fresh buttons, so the user can try again.
-        calls = await chat.tap("💳 Пополнить")
+        calls = await chat.tap(PACKAGE)
         assert runs == [9, 9]
 
 
 async def test_unimplemented_action_says_coming_soon(stack: Stack) -> None:
+    # An action flows.yaml declares but Python does not implement (yet).
+    stack.engine.registry.actions.pop("buy_package")
     chat = stack.chat(10)
-    await chat.send("/start")
-    await chat.tap("💰 Баланс")
-    calls = await chat.tap("💳 Пополнить")
+    await to_packages(chat)
+    calls = await chat.tap(PACKAGE)
     assert answer_text(calls) == RU.system.coming_soon["ru"]
-    assert await state_of(chat) == "balance"
+    assert await state_of(chat) == "topup"
 
 
 async def test_text_where_a_button_is_expected_gets_a_hint_and_the_buttons(stack: Stack) -> None:

@@ -36,9 +36,14 @@ def problems(text: str) -> list[str]:
 def test_real_file_is_valid_and_lists_unimplemented() -> None:
     report = check_flow(parse_flow(SOURCE), build_registry())
     assert report.problems == []
-    assert "top_up" in report.unimplemented_actions
-    assert "generate" not in report.unimplemented_actions
-    assert "begin_input" not in report.unimplemented_actions
+    assert report.unimplemented_actions == []
+    assert report.unimplemented_providers == []
+    registry = build_registry()
+    registry.actions.pop("buy_package")
+    registry.data_providers.pop("referral_info")
+    report = check_flow(parse_flow(SOURCE), registry)
+    assert report.unimplemented_actions == ["buy_package"]
+    assert report.unimplemented_providers == ["referral_info"]
 
 
 def test_state_that_lost_its_back_route_is_rejected_at_its_line() -> None:
@@ -109,7 +114,7 @@ def test_duplicate_yaml_key() -> None:
 
 
 def test_unknown_action_and_provider() -> None:
-    mutated = SOURCE.replace("action: top_up", "action: top_upp").replace(
+    mutated = SOURCE.replace("action: buy_package", "action: top_upp").replace(
         "data: [history_info]", "data: [history_infoo]"
     )
     found = problems(mutated)

@@ -38,6 +38,7 @@ KIND_BUTTONS = {
     "text_to_video": "🎬 Текст → видео",
     "image_to_video": "📽 Фото → видео",
     "image_edit": "✏️ Редактор изображений",
+    "audio": "🎵 Аудио",
 }
 MEDIA_METHOD = {
     "free": "sendPhoto",
@@ -46,6 +47,7 @@ MEDIA_METHOD = {
     "image_edit": "sendPhoto",
     "text_to_video": "sendVideo",
     "image_to_video": "sendVideo",
+    "audio": "sendAudio",
 }
 RICH = 100_000_00  # kopecks: enough for anything in the catalog
 FAST = Behaviour(run_s=0.05)
@@ -238,6 +240,7 @@ async def test_insufficient_balance_offers_a_top_up_and_holds_nothing(stack: Sta
     chat = stack.chat(9)
     price = await order(chat, "text_to_image")
     assert price > 0
+    assert "Баланс: 0 ₽" in chat.screen().text  # the confirm screen shows what they have
     await chat.tap("✅ Создать")
     assert chat.screen().text == RU.states["insufficient_funds"].text["ru"]
     assert "💳 Пополнить" in [label for label, _ in chat.screen().flat()]

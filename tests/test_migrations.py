@@ -35,8 +35,8 @@ def table_names(connection: Connection) -> set[str]:
 MONEY_TABLES = {"users", "accounts", "transfers", "entries", "holds", "idempotency_keys", "jobs"}
 
 
-def test_head_is_the_jobs_revision() -> None:
-    assert head_revision() == "0003"
+def test_head_is_the_payments_revision() -> None:
+    assert head_revision() == "0004"
 
 
 async def test_upgrade_clean_database_to_head(database_url: str) -> None:

@@ -100,6 +100,13 @@ async def arranged(stack: Stack, chat: Chat, edge: Edge) -> AsyncIterator[None]:
             )
         elif edge.dest == "confirm":
             settings.free_daily_limit = 0
+    if (edge.source, edge.trigger) == ("promo", INPUT):
+        # The example code exists; the way back to the promo step is a code already used.
+        store = stack.product.payments.store
+        await store.create_promo(code="WELCOME", amount=100, max_uses=10**6, created_by=0)
+        if edge.dest == "promo":
+            await stack.product.services.account(chat.chat_id, "ru")
+            assert await store.claim_promo("WELCOME", chat.chat_id) == ("ok", 100)
     try:
         yield
     finally:

@@ -18,7 +18,7 @@ from storage.conversation_store import SqlStateStore
 from storage.db import create_engine
 from storage.settings import DatabaseSettings
 from tests.harness import answer_text, running_stack
-from tests.test_engine_e2e import RU, counting_actions
+from tests.test_engine_e2e import PACKAGE, RU, counting_actions, to_packages
 
 
 @pytest.fixture
@@ -45,10 +45,9 @@ async def test_double_tap_across_two_instances_runs_the_action_once(
             running_stack(SqlStateStore(two_engines[1]), actions=actions, api=api, db_url=url) as b,
         ):
             chat_a, chat_b = a.chat(21), b.chat(21)
-            await chat_a.send("/start")
-            await chat_a.tap("💰 Баланс")
+            await to_packages(chat_a)
             screen = chat_a.screen()
-            data = screen.data_of("💳 Пополнить")
+            data = screen.data_of(PACKAGE)
             results = await asyncio.gather(
                 *(
                     chat.tap_data(data, message_id=screen.message_id)

@@ -28,14 +28,19 @@ def test_run_refuses_an_unmigrated_database(tmp_path: Path) -> None:
     assert "run `trt migrate`" in result.stderr
 
 
-def test_run_without_token_chats_in_the_terminal(tmp_path: Path) -> None:
+def test_run_without_token_generates_in_the_terminal(tmp_path: Path) -> None:
+    """A newcomer's first minute: free models, the first one, start, a prompt, confirm,
+    and the picture arrives from the local KIE."""
     assert trt(["migrate"], tmp_path).returncode == 0
-    # /start, press "Balance" (button 7), press Back (the first system button there), quit.
-    result = trt(["run"], tmp_path, stdin="/start\n7\n:quit\n")
+    script = "/start\n1\n1\n1\na red fox in the snow\n1\n:wait\n:quit\n"
+    result = trt(["run"], tmp_path, stdin=script)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "No BOT_TOKEN: a local Telegram runs at http://127.0.0.1:" in out
-    assert "Главное меню" in out
-    assert "[7] 💰 Баланс" in out
-    assert "Баланс" in out.split("> 7", 1)[1]
-    assert "« Назад" in out.split("> 7", 1)[1]
+    assert "No KIE_API_KEY: a local KIE runs at http://127.0.0.1:" in out
+    assert "Главное меню" in out and "[1] 🆓 Бесплатные модели" in out
+    after_confirm = out.split("> a red fox in the snow", 1)[1]
+    assert "Проверьте заказ" in after_confirm and "Цена: бесплатно" in after_confirm
+    assert "⏳ Генерация запущена" in after_confirm
+    assert "bot: [photo] ✅" in after_confirm.split("> :wait", 1)[1]
+    assert "✅ Готово:" in after_confirm

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from aiogram import Bot, Dispatcher
+from collections.abc import Sequence
+
+from aiogram import Bot, Dispatcher, Router
 from aiogram.client.default import DefaultBotProperties
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
@@ -10,7 +12,7 @@ from aiogram.enums import ParseMode
 from aiogram.fsm.storage.memory import SimpleEventIsolation
 
 from engine.runtime import FlowEngine
-from engine.telegram import install
+from engine.telegram import RetryLater, install
 
 
 def build_bot(token: str, api_base: str | None = None) -> Bot:
@@ -18,9 +20,17 @@ def build_bot(token: str, api_base: str | None = None) -> Bot:
     return Bot(token, session=session, default=DefaultBotProperties(parse_mode=ParseMode.HTML))
 
 
-def build_dispatcher(engine: FlowEngine) -> Dispatcher:
+def build_dispatcher(
+    engine: FlowEngine, routers: Sequence[Router] = (), *, retry_later: RetryLater | None = None
+) -> Dispatcher:
+    """`routers` (payments, admin) come before the engine's, whose message handler takes
+    everything; the engine's answer and error middlewares cover them all the same."""
     # One update at a time per chat within a process; the store's
     # compare-and-set keeps several processes correct.
     dispatcher = Dispatcher(events_isolation=SimpleEventIsolation())
-    install(dispatcher, engine)
+    dispatcher.include_routers(*routers)
+    if retry_later is None:
+        install(dispatcher, engine)
+    else:
+        install(dispatcher, engine, retry_later)
     return dispatcher

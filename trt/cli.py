@@ -8,12 +8,15 @@ import logging
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from engine.checker import check_flow
 from engine.diagram import dot, mermaid
 from engine.graph import FlowGraph
 from engine.loader import FlowError, LoadedFlow, load_flow
 from engine.paths import covering_paths, format_path
-from trt.settings import Settings
+from pricing.catalog import DEFAULT_PATH as DEFAULT_PRICING
+from trt.settings import Settings, describe
 
 
 def _load(path: Path) -> LoadedFlow | None:
@@ -69,6 +72,23 @@ def flows_paths(args: argparse.Namespace) -> int:
     return 0
 
 
+def pricing_check(args: argparse.Namespace) -> int:
+    from pricing.check import check_file
+
+    report = check_file(args.file, args.flows)
+    for line in report.notes + report.fallbacks:
+        print(f"{args.file}: {line}")
+    for problem in report.problems:
+        print(f"{args.file}: {problem}", file=sys.stderr)
+    if not report.ok:
+        return 1
+    print(
+        f"{args.file}: ok, {report.models} models, {report.combinations} priced combinations"
+        f" in menus ({len(report.fallbacks)} by fallback)"
+    )
+    return 0
+
+
 def migrate(_: argparse.Namespace) -> int:
     from storage.migrate import upgrade_to_head
 
@@ -81,6 +101,25 @@ def run(_: argparse.Namespace) -> int:
     from trt.run import run_bot
 
     return asyncio.run(run_bot(Settings()))
+
+
+def serve(_: argparse.Namespace) -> int:
+    from trt.serve import main as serve_main
+
+    return serve_main()
+
+
+SERVE_HELP = """\
+Run the bot in production: one HTTP server for the Telegram webhook
+(POST /telegram/webhook), KIE callbacks (POST /kie/callback/...), media links,
+GET /healthz, GET /readyz and GET /metrics, on HOST:PORT.
+
+With WEBHOOK_URL set it registers that URL with Telegram (with WEBHOOK_SECRET as
+the secret token); without it, it long-polls. Needs BOT_TOKEN, KIE_API_KEY,
+PUBLIC_BASE_URL, a WEBHOOK_SECRET of 16+ characters, and a database at the
+latest migration (`trt migrate`). Every setting is listed in .env.example.
+SIGTERM stops it gracefully: in-flight updates and job steps finish first.
+Exit codes: 0 stopped, 1 could not start, 2 bad or missing settings."""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -103,18 +142,44 @@ def parser() -> argparse.ArgumentParser:
     paths.add_argument("file", nargs="?", type=Path, default=default_flows)
     paths.set_defaults(func=flows_paths)
 
+    pricing = sub.add_parser(
+        "pricing", help="check the model catalog and its prices"
+    ).add_subparsers(dest="pricing_command", required=True)
+    pcheck = pricing.add_parser(
+        "check",
+        help="schema, variants and a price for every combination the menus reach;"
+        " exit 1 with FILE: model X: message lines",
+        description="Validate the price file against its JSON Schema and cross-field rules,"
+        " and check that every parameter combination of every model a flows.yaml menu reaches"
+        " has a price, exactly or by the nearest-variant fallback (each fallback is listed).",
+    )
+    pcheck.add_argument("file", nargs="?", type=Path, default=DEFAULT_PRICING)
+    pcheck.add_argument("--flows", type=Path, default=default_flows, help="default: %(default)s")
+    pcheck.set_defaults(func=pricing_check)
+
     sub.add_parser("migrate", help="upgrade the database to the latest migration").set_defaults(
         func=migrate
     )
     sub.add_parser(
         "run", help="run the bot (no BOT_TOKEN: a local Telegram and a terminal chat)"
     ).set_defaults(func=run)
+    sub.add_parser(
+        "serve",
+        help="run the bot in production: webhook or polling, health, readiness, metrics",
+        description=SERVE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    ).set_defaults(func=serve)
     return top
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = parser().parse_args(argv)
+    try:
+        top = parser()
+    except ValidationError as exc:  # a malformed setting: say which, not a traceback
+        print(f"trt: {describe(exc)}", file=sys.stderr)
+        return 2
+    args = top.parse_args(argv)
     result: int = args.func(args)
     return result
 

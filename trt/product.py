@@ -1,7 +1,8 @@
 """The whole product wired once: engine, registry, money, jobs, KIE, and its HTTP routes.
 
-`trt run`, the tests' stack and (later) `trt serve` all build it here, so what
-tests exercise is what runs.
+`trt run`, `trt serve` and the tests' stack all build it here, so what tests
+exercise is what runs: observability, Telegram error handling and the webhook's
+deduplication included (`trt.wiring`).
 """
 
 from __future__ import annotations
@@ -14,22 +15,33 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiogram import Bot, Dispatcher
+from aiogram.types import User
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from engine.loader import load_flow
 from engine.runtime import FlowEngine
 from engine.store import StateStore
-from engine.webhook import add_webhook
+from flows.admin import admin_router
 from flows.generation.callbacks import add_kie_callbacks
 from flows.generation.media_links import MediaLinks, add_media_route
 from flows.generation.service import GenerationService
 from flows.generation.settings import GenerationSettings
+from flows.payments.growth import FirstContact
+from flows.payments.router import payments_router
+from flows.payments.service import PaymentsService
+from flows.payments.settings import PaymentSettings
 from flows.registry import build_registry
 from flows.services import Services
 from kie.client import KieClient
-from pricing.catalog import Catalog
+from pricing.catalog import Catalog, load_catalog
+from pricing.topups import load_packages
+from storage.payments import PaymentStore
 from trt.app import build_dispatcher
+from trt.flood import FloodLimits
+from trt.observability.jobs import ObservedGeneration
+from trt.observability.store import CorrelatedStore
+from trt.wiring import ServiceRoutes, add_service_routes, instrument, retry_later
 
 
 @dataclass(slots=True)
@@ -39,8 +51,10 @@ class Product:
     engine: FlowEngine
     services: Services
     generation: GenerationService
+    payments: PaymentsService
     kie: KieClient
     links: MediaLinks | None
+    catalog: Catalog | None = None
 
 
 def build_product(
@@ -53,13 +67,28 @@ def build_product(
     kie: KieClient,
     media_secret: str,
     catalog: Catalog | None = None,
+    payment_settings: PaymentSettings | None = None,
+    flood: FloodLimits | None = None,
 ) -> Product:
     services = Services.on(db)
     base = settings.public_base_url
     links = MediaLinks(base, media_secret) if base else None
+    pay = payment_settings or PaymentSettings()
+    catalog = catalog or load_catalog()
     registry = build_registry(catalog, services, links.url if links else None)
-    engine = FlowEngine(load_flow(flows_path), registry, store)
-    generation = GenerationService(
+    engine = FlowEngine(load_flow(flows_path), registry, CorrelatedStore(store))
+    payments = PaymentsService(
+        store=PaymentStore(db),
+        ledger=services.ledger,
+        bot=bot,
+        screens=engine,
+        text=engine.renderer.product_text,
+        settings=pay,
+        packages=load_packages(with_rub=pay.payment_provider_token is not None),
+        account=services.account,
+    )
+    services.attach_payments(payments)
+    generation = ObservedGeneration(
         jobs=services.jobs,
         ledger=services.ledger,
         kie=kie,
@@ -69,19 +98,44 @@ def build_product(
         settings=settings,
     )
     services.attach_generation(generation)
-    return Product(bot, build_dispatcher(engine), engine, services, generation, kie, links)
+
+    def locale_of(code: str | None) -> str:
+        return engine.locale_of(User(id=0, is_bot=False, first_name="-", language_code=code))
+
+    dispatcher = build_dispatcher(
+        engine,
+        [admin_router(services, payments, pay.admin_ids), payments_router(payments, locale_of)],
+        retry_later=retry_later,
+    )
+    dispatcher.message.outer_middleware(FirstContact(services.ledger, pay.welcome_bonus))
+    instrument(bot, dispatcher, engine, db, flood)
+    return Product(
+        bot, dispatcher, engine, services, generation, payments, kie, links, catalog=catalog
+    )
 
 
-def product_routes(app: web.Application, product: Product, webhook_secret: str) -> None:
-    add_webhook(app, product.dispatcher, product.bot, webhook_secret)
+def product_routes(
+    app: web.Application,
+    product: Product,
+    webhook_secret: str,
+    *,
+    metrics_token: str | None = None,
+) -> ServiceRoutes:
+    """The webhook, KIE callbacks, media links, /healthz, /readyz and /metrics."""
+    routes = add_service_routes(
+        app,
+        dispatcher=product.dispatcher,
+        bot=product.bot,
+        db=product.services.db,
+        engine=product.engine,
+        prices_loaded=lambda: product.catalog is not None and bool(product.catalog.models),
+        webhook_secret=webhook_secret,
+        metrics_token=metrics_token,
+    )
     add_kie_callbacks(app, product.generation)
     if product.links is not None:
         add_media_route(app, product.links, product.bot)
-
-    async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    app.router.add_get("/healthz", healthz)
+    return routes
 
 
 @asynccontextmanager

@@ -330,6 +330,45 @@ class FakeBotAPI:
         """Options: caption, language_code, and Audio fields (duration, file_size...)."""
         return self._media_update(chat_id, user_id, "audio", options)
 
+    def make_pre_checkout_update(
+        self,
+        user_id: int,
+        payload: str,
+        currency: str,
+        total_amount: int,
+        language_code: str = "ru",
+    ) -> JSONDict:
+        """What Telegram sends when the user presses Pay on an invoice."""
+        query = {
+            "id": f"pcq{next(self._counter)}",
+            "from": _user(user_id, language_code),
+            "currency": currency,
+            "total_amount": total_amount,
+            "invoice_payload": payload,
+        }
+        return {"update_id": next(self._update_ids), "pre_checkout_query": query}
+
+    def make_successful_payment_update(
+        self,
+        chat_id: int,
+        user_id: int,
+        payload: str,
+        currency: str,
+        total_amount: int,
+        charge_id: str | None = None,
+        language_code: str = "ru",
+    ) -> JSONDict:
+        """The service message that confirms a payment; the charge id is Telegram's key."""
+        payment = {
+            "currency": currency,
+            "total_amount": total_amount,
+            "invoice_payload": payload,
+            "telegram_payment_charge_id": charge_id or f"stxcharge{next(self._counter)}",
+            "provider_payment_charge_id": "" if currency == "XTR" else "provider-charge",
+        }
+        user = _user(user_id, language_code)
+        return self._user_message(chat_id, user, {"successful_payment": payment})
+
     def _media_update(self, chat_id: int, user_id: int, kind: str, options: JSONDict) -> JSONDict:
         caption, language_code = options.pop("caption", ""), options.pop("language_code", "ru")
         media: Any = self._new_file(kind, **(_SHAPES[kind] | options))

@@ -21,9 +21,11 @@ SHOWN = frozenset(
 MEDIA = ("photo", "video", "audio", "animation", "document")
 QUIET = 0.3  # seconds without a new call after which a scripted line counts as answered
 SETTLE_LIMIT = 15.0  # but never wait longer than this for one line
+WAIT_LIMIT = 60.0  # how long `:wait` waits for the bot to speak up
 HELP = (
     "Type text or /start to send it; a number presses that button of the latest keyboard"
-    " (\\5 sends the text 5); :photo sends a photo; :quit or EOF ends."
+    " (\\5 sends the text 5); :photo sends a photo; :wait waits for the bot's next message"
+    " (a result that takes a while); :quit or EOF ends."
 )
 
 
@@ -120,11 +122,24 @@ def _offset(call: Call) -> int:
 
 async def _settle(api: FakeBotAPI, update_id: int) -> None:
     """Waits until the bot has taken the update and then gone quiet, so scripts print in order."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + SETTLE_LIMIT
     # The poll after the one that carried the update confirms it with a higher offset.
     with contextlib.suppress(TimeoutError):
         await api.wait_for_call("getUpdates", lambda c: _offset(c) > update_id, SETTLE_LIMIT)
+    await _settle_quiet(api)
+
+
+async def _next_message(api: FakeBotAPI, transcript: _Transcript) -> None:
+    """Waits for the bot to send something on its own (a finished job), then to go quiet."""
+    seen = len(api.calls)
+    with contextlib.suppress(TimeoutError):
+        await api.wait_for_call(None, lambda c: c.method in SHOWN, WAIT_LIMIT, since=seen)
+    await _settle_quiet(api)
+    transcript.flush()
+
+
+async def _settle_quiet(api: FakeBotAPI) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SETTLE_LIMIT
     seen = len(api.calls)
     while (remaining := deadline - loop.time()) > 0:
         try:
@@ -180,6 +195,9 @@ async def run_terminal_chat(
                 continue
             if not interactive:
                 transcript.say(f"> {text}")
+            if text == ":wait":
+                await _next_message(api, transcript)
+                continue
             update = _update_for(api, transcript, chat_id, user_id, text, language_code)
             if update is not None:
                 api.push_update(update)

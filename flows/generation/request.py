@@ -22,18 +22,19 @@ def build_request(
         raise LookupError(f"no model {ctx.data.get('model')!r}")
     raw_params = ctx.data.get("params")
     chosen = model.chosen(dict(raw_params) if isinstance(raw_params, dict) else {})
-    price = 0 if model.free else model.price_kopecks(chosen)
-    if price is None:
-        raise LookupError(f"no price for {model.id} {chosen}")
-    kie_input: dict[str, Any] = {"prompt": str(ctx.data.get("prompt", "")), **chosen}
+    price = model.price_kopecks(chosen)  # 0 for free models; NoPrice (a LookupError) if none
+    prompt = str(ctx.data.get("prompt", ""))
+    if not model.prompt.accepts(prompt):
+        raise LookupError(f"the prompt's length does not suit {model.id}")
     image = ctx.data.get("image")
+    urls: list[str] = []
     if model.needs_image:
         if not isinstance(image, dict) or "file_id" not in image:
             raise LookupError("the model needs an image and none was given")
-        kie_input["image_urls"] = [image_url(str(image["file_id"]))]
-    kind = str(ctx.data.get("kind") or model.kinds[0])
-    if kind == "free":
-        kind = model.kinds[0]
+        urls.append(image_url(str(image["file_id"])))
+    # KIE's own field names and value types (image_url or image_urls, "text", booleans...).
+    kie_input: dict[str, Any] = model.kie_input(chosen, prompt, urls)
+    kind = model.kind_for(str(ctx.data.get("kind") or ""))
     title = model.title.get(ctx.locale) or next(iter(model.title.values()))
     data = {k: ctx.data[k] for k in ORDER_KEYS if k in ctx.data}
     return GenerationRequest(

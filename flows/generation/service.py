@@ -33,7 +33,7 @@ from aiogram.exceptions import TelegramAPIError
 from flows.generation.delivery import deliver_result
 from flows.generation.settings import GenerationSettings
 from kie.client import KieClient
-from kie.errors import CreateOutcomeUnknown, KieError
+from kie.errors import CreateOutcomeUnknown, KieError, NotFound
 from kie.task import TaskInfo
 from pricing.catalog import format_rub
 from storage.jobs import JobRecord, JobStore
@@ -242,6 +242,9 @@ class GenerationService:
         assert job.task_id is not None
         try:
             info = await self.kie.record_info(job.task_id)
+        except NotFound:
+            await self._fail(job, "KIE does not know the task")
+            return
         except KieError as exc:
             log.warning("job %s: recordInfo failed: %s", job.id, exc)
             await self._later(job)

@@ -1,0 +1,54 @@
+"""Top-up packages, promo codes and the referral screen, as flows.yaml names them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+from engine.registry import Context, Option, Outcome, Registry
+from flows.generation.service import rub
+from flows.payments.growth import referral_link
+from flows.payments.service import PaymentsService
+from flows.services import Services
+
+PROMO_NOTICES = {"unknown": "promo_unknown", "used": "promo_used", "exhausted": "promo_exhausted"}
+
+
+def register_payment_screens(registry: Registry, services: Callable[[], Services]) -> None:
+    def payments() -> PaymentsService:
+        return services().payments
+
+    @registry.options("topup_packages")
+    async def topup_packages(ctx: Context) -> Sequence[Option]:
+        return [Option(p.id, p.title) for p in payments().packages.values()]
+
+    @registry.action("buy_package")
+    async def buy_package(ctx: Context) -> Outcome:
+        await payments().send_invoice(
+            ctx.user_id, ctx.chat_id, ctx.locale, str(ctx.data.get("package"))
+        )
+        return Outcome(notice="invoice_sent")
+
+    @registry.action("redeem_promo")
+    async def redeem_promo(ctx: Context) -> Outcome:
+        code = str(ctx.data.pop("promo_code", "")).strip().upper()
+        store = payments().store
+        status, amount = await store.claim_promo(code, ctx.user_id)
+        if status != "ok":
+            return Outcome(to="promo", notice=PROMO_NOTICES[status])
+        account = await services().account(ctx.user_id, ctx.locale)
+        await services().ledger.credit(
+            f"promo:{code}:{ctx.user_id}"[:62], account, amount, source="bonus", reason="promo"
+        )
+        return Outcome(to="balance", notice="promo_ok")
+
+    @registry.data("referral_info")
+    async def referral_info(ctx: Context) -> Mapping[str, object]:
+        me = await ctx.bot.me()
+        account = await services().account(ctx.user_id, ctx.locale)
+        lines = await services().ledger.statement(account, limit=1000)
+        earned = sum(line.posted for line in lines if line.reason == "referral")
+        return {
+            "link": referral_link(me.username or "", ctx.user_id),
+            "earned": rub(earned),
+            "bonus": rub(payments().settings.referral_bonus),
+        }

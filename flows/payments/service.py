@@ -1,0 +1,201 @@
+"""Top-ups by Telegram Payments (Stars by default), refunds, and the bonuses that ride on them.
+
+Only `successful_payment` credits, and it credits under a ledger id derived
+from Telegram's charge id, so a redelivered update (S9) or a second charge for
+one invoice (S12) each credit exactly once. `pre_checkout_query` only checks
+(S13): the order exists, is this user's, the amount and currency match and it
+has not expired.
+
+Refund policy (S14): a refund takes back what the payment credited, so it is
+refused when that much is no longer available (spent on generations or on
+hold); the balance never goes negative and no debt is created. An admin who
+still wants to give the Stars back can debit what is left and refund outside.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+
+from aiogram import Bot
+from aiogram.exceptions import TelegramAPIError
+from aiogram.types import LabeledPrice
+
+from flows.generation.service import Pusher, rub
+from flows.payments.settings import PaymentSettings
+from pricing.topups import STARS, Package
+from storage.ledger import HoldNotPending, InsufficientFunds, Ledger
+from storage.payments import PaymentStore
+from storage.users import referrer_of
+
+log = logging.getLogger(__name__)
+
+REFUND_HOLD = timedelta(hours=1)
+
+
+def ledger_id(prefix: str, key: str) -> str:
+    """A ledger id from a key of any length (Telegram charge ids can be long)."""
+    digest = hashlib.sha256(key.encode()).hexdigest()[:40]
+    return f"{prefix}:{digest}"
+
+
+class PaymentsService:
+    def __init__(
+        self,
+        *,
+        store: PaymentStore,
+        ledger: Ledger,
+        bot: Bot,
+        screens: Pusher,
+        text: Callable[[str, str], str],
+        settings: PaymentSettings,
+        packages: list[Package],
+        account: Callable[[int, str], Awaitable[int]],
+    ) -> None:
+        self.store = store
+        self.ledger = ledger
+        self.bot = bot
+        self.screens = screens
+        self.text = text
+        self.settings = settings
+        self.packages = {p.id: p for p in packages}
+        self.account = account
+
+    # ------------------------------------------------------------ invoices
+
+    async def send_invoice(self, user_id: int, chat_id: int, locale: str, package_id: str) -> None:
+        package = self.packages.get(package_id)
+        if package is None:
+            raise LookupError(f"no package {package_id!r}")
+        await self.account(user_id, locale)
+        order = await self.store.create_order(
+            id=secrets.token_hex(12),
+            user_id=user_id,
+            package_id=package.id,
+            currency=package.currency,
+            amount=package.amount,
+            credit=package.credit,
+            expires_at=self.store.clock() + timedelta(seconds=self.settings.order_ttl_s),
+        )
+        title = package.title.get(locale) or next(iter(package.title.values()))
+        await self.bot.send_invoice(
+            chat_id,
+            title=self.text("invoice_title", locale),
+            description=self.text("invoice_description", locale).format(package=title),
+            payload=order.id,
+            currency=package.currency,
+            prices=[LabeledPrice(label=title, amount=package.amount)],
+            provider_token=(
+                "" if package.currency == STARS else self.settings.payment_provider_token
+            ),
+        )
+
+    async def check(self, user_id: int, payload: str, currency: str, amount: int) -> str | None:
+        """None when the payment may go ahead; else the key of the refusal text."""
+        order = await self.store.order(payload)
+        if order is None or order.user_id != user_id:
+            return "pay_unknown_order"
+        if order.currency != currency or order.amount != amount:
+            return "pay_wrong_amount"
+        if order.expires_at <= self.store.clock():
+            return "pay_expired"
+        return None
+
+    async def on_paid(
+        self,
+        *,
+        user_id: int,
+        chat_id: int,
+        locale: str,
+        payload: str,
+        currency: str,
+        amount: int,
+        charge_id: str,
+        provider_charge_id: str | None,
+    ) -> None:
+        """Credits once per charge id, pays the referrer on a first top-up, shows a receipt."""
+        order = await self.store.order(payload)
+        if order is None:
+            # Telegram took the money for an order we do not know: credit what was paid
+            # would be a guess; keep the payment and tell the operator loudly.
+            log.error("payment %s for unknown order %s", charge_id, payload)
+            raise LookupError(f"payment for unknown order {payload!r}")
+        payment, new = await self.store.record_payment(
+            charge_id=charge_id,
+            order_id=order.id,
+            user_id=user_id,
+            currency=currency,
+            amount=amount,
+            credit=order.credit,
+            provider_charge_id=provider_charge_id,
+        )
+        account = await self.account(user_id, locale)
+        await self.ledger.credit(
+            ledger_id("pay", charge_id),
+            account,
+            payment.credit,
+            source="topups",
+            reason="topup",
+            note=order.package_id,
+        )
+        await self._referral_bonus(user_id)
+        if not new:
+            return  # a redelivered update: credited above (idempotently), receipt already sent
+        receipt = self.text("receipt", locale).format(amount=rub(payment.credit))
+        await self.bot.send_message(chat_id, receipt)
+        await self.screens.push(self.bot, chat_id, user_id, "balance", {})
+
+    async def _referral_bonus(self, user_id: int) -> None:
+        """Once per referee (the ledger id is the referee's), on their first paid top-up."""
+        bonus = self.settings.referral_bonus
+        referrer = await referrer_of(self.store.engine, user_id)
+        if bonus <= 0 or referrer is None:
+            return
+        account = await self.account(referrer, "ru")
+        await self.ledger.credit(
+            f"ref:{user_id}", account, bonus, source="bonus", reason="referral", note=str(user_id)
+        )
+
+    # ------------------------------------------------------------ refunds
+
+    async def refund(self, charge_id: str) -> str:
+        """A result key: refund_done, refund_again, refund_unknown, refund_spent,
+        refund_not_stars or refund_failed."""
+        payment = await self.store.payment(charge_id)
+        if payment is None:
+            return "refund_unknown"
+        if payment.currency != STARS:
+            return "refund_not_stars"
+        if not await self.store.mark_refunded(charge_id):
+            return "refund_again"
+        account = await self.account(payment.user_id, "ru")
+        # Its own ids per attempt: a refund that failed may be tried again later.
+        attempt = f"{charge_id}:{secrets.token_hex(4)}"
+        hold_id = ledger_id("rfh", attempt)
+        try:
+            await self.ledger.hold(
+                hold_id,
+                account,
+                payment.credit,
+                expires_in=REFUND_HOLD,
+                reason="refund",
+                destination="topups",
+            )
+        except InsufficientFunds:
+            await self.store.unmark_refunded(charge_id)
+            return "refund_spent"
+        try:
+            await self.bot.refund_star_payment(payment.user_id, charge_id)
+        except TelegramAPIError as exc:
+            log.warning("refundStarPayment %s failed: %s", charge_id, exc)
+            try:
+                await self.ledger.void(ledger_id("rfv", attempt), hold_id)
+            except HoldNotPending:
+                pass
+            await self.store.unmark_refunded(charge_id)
+            return "refund_failed"
+        await self.ledger.post(ledger_id("rfp", attempt), hold_id)
+        return "refund_done"

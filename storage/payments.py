@@ -1,0 +1,215 @@
+"""Orders, payments, promo codes and the admin audit: rows, written so races cannot double up.
+
+A payment is keyed by Telegram's charge id, a promo redemption by (code, user),
+and a promo's use counter only moves under `used < max_uses`: the database
+decides who was first, never a read followed by a write in Python.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from storage.db import SQLITE_BEGIN, insert_if_absent
+from storage.models import AdminAudit, Job, Order, Payment, PromoCode, PromoRedemption, User
+
+_orders = Order.__table__  # type: ignore[attr-defined]
+_payments = Payment.__table__  # type: ignore[attr-defined]
+_promos = PromoCode.__table__  # type: ignore[attr-defined]
+_redemptions = PromoRedemption.__table__  # type: ignore[attr-defined]
+_audit = AdminAudit.__table__  # type: ignore[attr-defined]
+_users = User.__table__  # type: ignore[attr-defined]
+_jobs = Job.__table__  # type: ignore[attr-defined]
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    return moment if moment is None or moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRecord:
+    id: str
+    user_id: int
+    package_id: str
+    currency: str
+    amount: int
+    credit: int
+    state: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentRecord:
+    charge_id: str
+    order_id: str
+    user_id: int
+    currency: str
+    amount: int
+    credit: int
+    refunded_at: datetime | None
+
+
+class PaymentStore:
+    def __init__(self, engine: AsyncEngine, clock: Callable[[], datetime] | None = None) -> None:
+        self.engine = engine
+        self.clock = clock or (lambda: datetime.now(UTC))
+
+    # ------------------------------------------------------------ orders and payments
+
+    async def create_order(self, **values: Any) -> OrderRecord:
+        row = {"state": "created", "created_at": self.clock(), **values}
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(_orders).values(row))
+        return _order(row)
+
+    async def order(self, order_id: str) -> OrderRecord | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(_orders).where(_orders.c.id == order_id))).first()
+        return _order(row._mapping) if row is not None else None
+
+    async def record_payment(self, **values: Any) -> tuple[PaymentRecord, bool]:
+        """The payment for `values["charge_id"]`: new (True) or already known (False)."""
+        row = {"created_at": self.clock(), "refunded_at": None, **values}
+        async with self.engine.begin() as conn:
+            made = await conn.execute(
+                insert_if_absent(conn.dialect.name, _payments, ["charge_id"], row)
+            )
+            await conn.execute(
+                update(_orders).where(_orders.c.id == row["order_id"]).values(state="paid")
+            )
+            found = (
+                await conn.execute(
+                    select(_payments).where(_payments.c.charge_id == row["charge_id"])
+                )
+            ).one()
+        return _payment(found._mapping), made.rowcount == 1
+
+    async def payment(self, charge_id: str) -> PaymentRecord | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(select(_payments).where(_payments.c.charge_id == charge_id))
+            ).first()
+        return _payment(row._mapping) if row is not None else None
+
+    async def paid_count(self, user_id: int) -> int:
+        async with self.engine.connect() as conn:
+            found = await conn.scalar(
+                select(func.count()).select_from(_payments).where(_payments.c.user_id == user_id)
+            )
+        return int(found or 0)
+
+    async def mark_refunded(self, charge_id: str) -> bool:
+        """True for the one caller that marks it; a repeated refund gets False."""
+        async with self.engine.begin() as conn:
+            moved = await conn.execute(
+                update(_payments)
+                .where(_payments.c.charge_id == charge_id, _payments.c.refunded_at.is_(None))
+                .values(refunded_at=self.clock())
+            )
+        return moved.rowcount == 1
+
+    async def unmark_refunded(self, charge_id: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(_payments).where(_payments.c.charge_id == charge_id).values(refunded_at=None)
+            )
+
+    # ------------------------------------------------------------ promo codes
+
+    async def create_promo(self, **values: Any) -> bool:
+        row = {"used": 0, "created_at": self.clock(), **values}
+        async with self.engine.begin() as conn:
+            made = await conn.execute(insert_if_absent(conn.dialect.name, _promos, ["code"], row))
+        return made.rowcount == 1
+
+    async def claim_promo(self, code: str, user_id: int) -> tuple[str, int]:
+        """("ok", amount), or ("unknown" | "used" | "exhausted", 0). One transaction: the
+        redemption row (once per user) and the counter (never past max_uses) both or neither."""
+        now = self.clock()
+        try:
+            # IMMEDIATE: this reads and then writes; on SQLite a deferred reader could not
+            # upgrade to a writer once another one has written.
+            immediate = self.engine.execution_options(**{SQLITE_BEGIN: "IMMEDIATE"})
+            async with immediate.begin() as conn:
+                promo = (await conn.execute(select(_promos).where(_promos.c.code == code))).first()
+                if promo is None or (_utc(promo.expires_at) or now) < now:
+                    return "unknown", 0
+                await conn.execute(insert(_redemptions).values(code=code, user_id=user_id, at=now))
+                moved = await conn.execute(
+                    update(_promos)
+                    .where(
+                        _promos.c.code == code,
+                        _promos.c.used < _promos.c.max_uses,
+                        or_(_promos.c.expires_at.is_(None), _promos.c.expires_at > now),
+                    )
+                    .values(used=_promos.c.used + 1)
+                )
+                if moved.rowcount != 1:
+                    await conn.rollback()
+                    return "exhausted", 0
+                return "ok", int(promo.amount)
+        except IntegrityError:
+            return "used", 0
+
+    # ------------------------------------------------------------ admin
+
+    async def audit(self, admin_id: int, command: str, args: str, result: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                insert(_audit).values(
+                    admin_id=admin_id,
+                    command=command[:32],
+                    args=args[:500],
+                    result=result[:500],
+                    at=self.clock(),
+                )
+            )
+
+    async def stats(self) -> dict[str, Any]:
+        async with self.engine.connect() as conn:
+            users = await conn.scalar(select(func.count()).select_from(_users))
+            payments = await conn.scalar(select(func.count()).select_from(_payments))
+            credited = await conn.scalar(
+                select(func.coalesce(func.sum(_payments.c.credit), 0)).where(
+                    _payments.c.refunded_at.is_(None)
+                )
+            )
+            rows = await conn.execute(select(_jobs.c.state, func.count()).group_by(_jobs.c.state))
+            jobs = {str(state): int(count) for state, count in rows.all()}
+        return {
+            "users": int(users or 0),
+            "payments": int(payments or 0),
+            "credited": int(credited or 0),
+            "jobs": jobs,
+        }
+
+
+def _order(row: Any) -> OrderRecord:
+    return OrderRecord(
+        id=row["id"],
+        user_id=row["user_id"],
+        package_id=row["package_id"],
+        currency=row["currency"],
+        amount=row["amount"],
+        credit=row["credit"],
+        state=row["state"],
+        expires_at=_utc(row["expires_at"]) or row["expires_at"],
+    )
+
+
+def _payment(row: Any) -> PaymentRecord:
+    return PaymentRecord(
+        charge_id=row["charge_id"],
+        order_id=row["order_id"],
+        user_id=row["user_id"],
+        currency=row["currency"],
+        amount=row["amount"],
+        credit=row["credit"],
+        refunded_at=_utc(row["refunded_at"]),
+    )

@@ -1,0 +1,106 @@
+"""Per-user flood control: a burst of taps gets one "one moment" notice, nothing piles up.
+
+A token bucket per user bounds the rate (`burst` updates at once, `rate` per
+second after that), and a cap on each user's updates in flight bounds how many
+can wait behind aiogram's per-chat lock. It runs ahead of that lock, so a
+dropped update never waits for it. Every dropped callback query is still
+answered (the first of a burst with the notice), because Telegram shows a
+spinner until a query is answered. The buckets themselves are bounded too.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiogram import BaseMiddleware, Bot
+from aiogram.dispatcher.middlewares.user_context import EVENT_FROM_USER_KEY
+from aiogram.exceptions import TelegramAPIError
+from aiogram.types import TelegramObject, Update, User
+
+from engine.runtime import FlowEngine
+from trt.observability.context import current_report
+
+log = logging.getLogger("trt.flood")
+
+Handler = Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class FloodLimits:
+    rate: float = 3.0  # updates per second a user may keep up
+    burst: int = 10  # updates a user may send at once
+    in_flight: int = 5  # a user's updates being handled or waiting at once
+    users: int = 100_000  # buckets kept; the least recently seen are forgotten
+
+
+class _Bucket:
+    __slots__ = ("in_flight", "notified", "stamp", "tokens")
+
+    def __init__(self, tokens: float, stamp: float) -> None:
+        self.tokens = tokens
+        self.stamp = stamp
+        self.in_flight = 0
+        self.notified = False
+
+
+class FloodControl(BaseMiddleware):
+    def __init__(
+        self,
+        engine: FlowEngine,
+        limits: FloodLimits,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.engine = engine
+        self.limits = limits
+        self.clock = clock
+        self._buckets: OrderedDict[int, _Bucket] = OrderedDict()
+
+    async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
+        user: User | None = data.get(EVENT_FROM_USER_KEY)
+        if user is None or not isinstance(event, Update):
+            return await handler(event, data)
+        bucket = self._bucket(user.id)
+        if bucket.tokens >= 1 and bucket.in_flight < self.limits.in_flight:
+            bucket.tokens -= 1
+            bucket.notified = False
+            bucket.in_flight += 1
+            try:
+                return await handler(event, data)
+            finally:
+                bucket.in_flight -= 1
+        first = not bucket.notified
+        bucket.notified = True
+        if (report := current_report()) is not None:
+            report.outcome = "flooded"
+        log.info("update dropped by flood control", extra={"notified": first})
+        await self._notice(event, data["bot"], user, first)
+        return None
+
+    def _bucket(self, user_id: int) -> _Bucket:
+        now = self.clock()
+        bucket = self._buckets.get(user_id)
+        if bucket is None:
+            bucket = self._buckets[user_id] = _Bucket(float(self.limits.burst), now)
+            while len(self._buckets) > self.limits.users:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(user_id)
+            refill = (now - bucket.stamp) * self.limits.rate
+            bucket.tokens = min(float(self.limits.burst), bucket.tokens + refill)
+            bucket.stamp = now
+        return bucket
+
+    async def _notice(self, update: Update, bot: Bot, user: User, first: bool) -> None:
+        text = self.engine.renderer.system("busy", self.engine.locale_of(user)) if first else None
+        try:
+            if update.callback_query is not None:
+                await bot.answer_callback_query(update.callback_query.id, text=text)
+            elif update.message is not None and text is not None:
+                await bot.send_message(update.message.chat.id, text)
+        except TelegramAPIError as exc:
+            log.warning("flood notice not delivered: %s", exc)

@@ -1,0 +1,116 @@
+"""The service's parts attached to a built product: what `trt.product` calls.
+
+Kept apart from the product's own wiring so that product.py stays a list of
+what the product is made of, and this file a list of what watches over it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiogram import BaseMiddleware, Bot, Dispatcher
+from aiogram.types import Message, TelegramObject
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from engine.runtime import FlowEngine
+from engine.telegram import UpdateNotProcessed
+from storage.errors import is_unavailable
+from storage.processed_updates import ProcessedUpdates
+from storage.users import set_active
+from trt.flood import FloodControl, FloodLimits
+from trt.health import Readiness, add_health_routes
+from trt.observability.endpoint import add_metrics_route
+from trt.observability.http import observe_requests
+from trt.observability.logs import install_error_counter
+from trt.observability.updates import Handler, UpdateObserver
+from trt.telegram_errors import TelegramErrors
+from trt.updates import UpdateProcessor
+from trt.webhook import add_telegram_webhook
+
+
+def retry_later(exc: BaseException) -> bool:
+    """Errors after which an update is refused, so that Telegram delivers it again."""
+    return isinstance(exc, UpdateNotProcessed) or is_unavailable(exc)
+
+
+def before_isolation(dispatcher: Dispatcher, middleware: BaseMiddleware) -> None:
+    """Adds an update middleware ahead of aiogram's per-chat lock (its FSM middleware),
+    which the Dispatcher registers first; what runs before it never waits for a chat."""
+    manager = dispatcher.update.outer_middleware
+    lock = dispatcher.fsm if dispatcher.fsm in manager else None
+    if lock is not None:
+        manager.unregister(lock)
+    manager.register(middleware)
+    if lock is not None:
+        manager.register(lock)
+
+
+class Reactivate(BaseMiddleware):
+    """/start from a user marked inactive (they had blocked the bot) means they are back."""
+
+    def __init__(self, db: AsyncEngine) -> None:
+        self.db = db
+
+    async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
+        if (
+            isinstance(event, Message)
+            and event.from_user is not None
+            and (event.text or "").startswith("/start")
+        ):
+            await set_active(self.db, event.from_user.id, True)
+        return await handler(event, data)
+
+
+def instrument(
+    bot: Bot,
+    dispatcher: Dispatcher,
+    engine: FlowEngine,
+    db: AsyncEngine,
+    flood: FloodLimits | None = None,
+) -> None:
+    """Telegram errors by kind on the bot's session; ids, metrics and flood control on
+    the dispatcher."""
+    install_error_counter()
+
+    async def blocked(user_id: int) -> None:
+        await set_active(db, user_id, False)
+
+    bot.session.middleware(TelegramErrors(blocked))
+    before_isolation(dispatcher, UpdateObserver(retry_later))
+    if flood is not None:
+        before_isolation(dispatcher, FloodControl(engine, flood))
+    dispatcher.message.outer_middleware(Reactivate(db))
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRoutes:
+    processor: UpdateProcessor
+    readiness: Readiness
+
+    def drain(self) -> None:
+        """Shutting down: /readyz turns 503 and new updates are refused (redelivered)."""
+        self.processor.draining = True
+        self.readiness.draining = True
+
+
+def add_service_routes(
+    app: web.Application,
+    *,
+    dispatcher: Dispatcher,
+    bot: Bot,
+    db: AsyncEngine,
+    engine: FlowEngine,
+    prices_loaded: Callable[[], bool],
+    webhook_secret: str,
+    metrics_token: str | None = None,
+) -> ServiceRoutes:
+    app.middlewares.append(observe_requests)
+    processor = UpdateProcessor(dispatcher, bot, ProcessedUpdates(db), retry_later)
+    add_telegram_webhook(app, processor, webhook_secret)
+    readiness = Readiness(db, lambda: bool(engine.spec.states), prices_loaded)
+    add_health_routes(app, readiness)
+    add_metrics_route(app, db, metrics_token)
+    return ServiceRoutes(processor, readiness)
