@@ -555,3 +555,59 @@ async def test_free_models_hold_nothing_and_have_a_daily_limit(kie: FakeKie) -> 
         assert answer_text(calls) == RU.texts["free_limit"]["ru"]
         assert chat.screen().text.startswith("Проверьте заказ")
         assert len(kie.tasks) == 1
+
+
+# ------------------------------------------------------------------ delivery
+
+
+async def test_a_result_telegram_cannot_fetch_is_uploaded(stack: Stack) -> None:
+    stack.api.inject_error(
+        "sendPhoto", 400, "Bad Request: wrong file identifier/HTTP URL specified"
+    )
+    await fund(stack, 30, RICH)
+    chat = stack.chat(30)
+    price = await order(chat, "text_to_image")
+    await chat.tap("✅ Создать")
+    job = await final_job(stack, 30)
+    assert job.state == "charged"
+    photos = calls_to(stack, 30, "sendPhoto")
+    assert len(photos) == 1 and photos[0].files, "the retry uploads the file itself"
+    upload = next(iter(photos[0].files.values()))
+    assert upload.data.startswith(b"\x89PNG")  # the real bytes from the fake KIE
+    assert await available(stack, 30) == RICH - price
+
+
+async def test_a_result_telegram_refuses_twice_arrives_as_a_link(stack: Stack) -> None:
+    stack.api.inject_error("sendPhoto", 400, "Bad Request: wrong file identifier", times=2)
+    await fund(stack, 31, RICH)
+    chat = stack.chat(31)
+    price = await order(chat, "text_to_image")
+    await chat.tap("✅ Создать")
+    job = await final_job(stack, 31)
+    assert job.state == "charged"
+    link = t_result_link(job.result_urls[0])
+    assert any(c.params.get("text") == link for c in calls_to(stack, 31, "sendMessage"))
+    assert await available(stack, 31) == RICH - price
+
+
+def t_result_link(url: str) -> str:
+    return RU.texts["result_link"]["ru"].format(url=url)
+
+
+async def test_the_progress_message_is_kept_up_to_date(stack: Stack) -> None:
+    stack.kie.script(Behaviour(run_s=None, polls=3, callback=False))
+    await fund(stack, 32, RICH)
+    chat = stack.chat(32)
+    await order(chat, "text_to_image")
+    await chat.tap("✅ Создать")
+    job = await final_job(stack, 32)
+    assert job.progress_message_id is not None
+    first = [c for c in calls_to(stack, 32, "sendMessage") if "⏳" in str(c.params["text"])]
+    assert len(first) == 1
+    edits = [
+        str(c.params["text"])
+        for c in calls_to(stack, 32, "editMessageText")
+        if int(c.params["message_id"]) == job.progress_message_id
+    ]
+    assert any("генерация идёт" in e for e in edits)
+    assert edits[-1].startswith("✅") and "готово" in edits[-1]

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import text
 
 from engine.loader import load_flow
+from engine.local.bot_api_server import FakeBotAPI
 from flows.payments.growth import referral_code
 from flows.payments.settings import PaymentSettings
 from tests.harness import ROOT, Chat, Stack, answer_text, running_stack
@@ -300,3 +301,38 @@ async def test_admin_commands_do_not_exist_for_others(stack: Stack) -> None:
     assert await available(stack, 60) == 0
     async with stack.product.services.db.connect() as conn:
         assert await conn.scalar(text("SELECT COUNT(*) FROM admin_audit")) == 0
+
+
+async def test_rub_packages_need_a_provider_token(migrated_database_url: str) -> None:
+    settings = PaymentSettings(PAYMENT_PROVIDER_TOKEN="provider:test", ADMIN_IDS=str(ADMIN))
+    # One Telegram for both deployments: update ids are unique per bot, not per process.
+    async with FakeBotAPI() as api:
+        async with running_stack(
+            db_url=migrated_database_url, payment_settings=settings, api=api
+        ) as stack:
+            chat = stack.chat(70)
+            await chat.send("/start")
+            await chat.tap("💰 Баланс")
+            await chat.tap("💳 Пополнить")
+            labels = [label for label, _ in chat.screen().flat()]
+            assert "300 ₽ картой" in labels and PACKAGE in labels
+            calls = await chat.tap("300 ₽ картой")
+            sent = next(c for c in calls if c.method == "sendInvoice")
+            assert (sent.params["currency"], sent.params["provider_token"]) == (
+                "RUB",
+                "provider:test",
+            )
+            assert sent.params["prices"][0]["amount"] == 300_00
+            assert (await pre_checkout(stack, 70, sent.params))["ok"] is True
+            update = api.make_successful_payment_update(
+                70, 70, sent.params["payload"], "RUB", 300_00, charge_id="rub-charge"
+            )
+            assert await stack.post(update) == 200
+            assert await available(stack, 70) == 300_00
+            assert await admin(stack, "/refund rub-charge") == t("refund_not_stars")
+        async with running_stack(db_url=migrated_database_url, api=api) as plain:
+            chat = plain.chat(71)
+            await chat.send("/start")
+            await chat.tap("💰 Баланс")
+            await chat.tap("💳 Пополнить")
+            assert "300 ₽ картой" not in [label for label, _ in chat.screen().flat()]
