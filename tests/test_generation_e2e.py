@@ -134,6 +134,17 @@ async def until(check: Callable[[], Awaitable[bool]], within_s: float = 10) -> N
             await asyncio.sleep(0.02)
 
 
+async def reach(stack: Stack, user_id: int, *states: str) -> JobRecord:
+    """The user's only job, once it is in one of `states`."""
+
+    async def there() -> bool:
+        jobs = await stack.product.services.jobs.recent(user_id, 5)
+        return bool(jobs) and jobs[0].state in states
+
+    await until(there)
+    return await job_of(stack, user_id)
+
+
 async def final_job(stack: Stack, user_id: int) -> JobRecord:
     async def done() -> bool:
         jobs = await stack.product.services.jobs.recent(user_id, 5)
@@ -354,11 +365,7 @@ async def test_forged_callbacks_change_nothing(stack: Stack) -> None:
     await order(chat, "text_to_image")
     await chat.tap("✅ Создать")
 
-    async def submitted() -> bool:
-        return (await job_of(stack, 16)).state in ("submitted", "running")
-
-    await until(submitted)
-    job = await job_of(stack, 16)
+    job = await reach(stack, 16, "submitted", "running")
     body = {"code": 200, "msg": "ok", "data": {"taskId": job.task_id, "state": "success"}}
     body["data"]["resultJson"] = '{"resultUrls": ["https://evil.example/x.png"]}'
     forged = [
@@ -469,10 +476,7 @@ async def test_crash_before_delivery_is_recovered_and_charged_once(
     price = await order(chat, "text_to_image")
     await chat.tap("✅ Создать")
 
-    async def succeeded() -> bool:
-        return (await job_of(stack, 21)).state == "succeeded"
-
-    await until(succeeded)
+    await reach(stack, 21, "succeeded")
     await stack.product.generation.drain()
     assert await available(stack, 21) == RICH - price  # held, not charged
     monkeypatch.setattr(service_module, "deliver_result", real)
@@ -500,10 +504,7 @@ async def test_crash_before_the_charge_is_recovered_and_charged_once(stack: Stac
     price = await order(chat, "text_to_image")
     await chat.tap("✅ Создать")
 
-    async def delivered() -> bool:
-        return (await job_of(stack, 22)).state == "delivered"
-
-    await until(delivered)
+    await reach(stack, 22, "delivered")
     await stack.product.generation.drain()
     assert await available(stack, 22) == RICH - price
     assert (await ledger.balance(await stack.product.services.account(22, "ru"))).pending == price
@@ -524,11 +525,7 @@ async def test_an_expired_hold_is_never_charged_late(stack: Stack) -> None:
     await order(chat, "text_to_image")
     await chat.tap("✅ Создать")
 
-    async def submitted() -> bool:
-        return (await job_of(stack, 23)).state in ("submitted", "running")
-
-    await until(submitted)
-    job = await job_of(stack, 23)
+    job = await reach(stack, 23, "submitted", "running")
     async with stack.product.services.db.begin() as conn:
         await conn.execute(
             text("UPDATE holds SET timeout_at = :t WHERE id = :h"),
