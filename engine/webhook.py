@@ -3,6 +3,10 @@
 Updates are handled before the HTTP answer (`handle_in_background=False`):
 a crash or an error answers non-2xx and Telegram delivers the update again,
 instead of the update being acknowledged and lost.
+
+This is the engine's own, storage-free endpoint. The product serves
+`trt.webhook` at the same path instead, which also skips redelivered updates
+by id and refuses updates during a database outage.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from aiogram import BaseMiddleware
-from aiogram.types import TelegramObject
+from aiogram.types import TelegramObject, Update
 
 from engine.registry import Context, Outcome
 from engine.store import MemoryStore
@@ -27,6 +27,7 @@ from tests.service_support import (
     product_system_texts,
     sample,
 )
+from trt.polling import next_offset
 
 ERROR_TEXT = product_system_texts()["error"]["ru"]
 APOLOGY = re.compile(re.escape(ERROR_TEXT).replace(re.escape("{error_id}"), "[0-9a-f]{6}"))
@@ -214,3 +215,10 @@ async def test_the_database_stopping_during_an_update_loses_nothing(
     assert await stack.post(update) == 200  # and once more: no second effect
     assert stack.api.calls[before:] == []
     assert await state_of(chat) == ("second", 2)
+
+
+def test_polling_confirms_only_up_to_the_first_update_not_handled() -> None:
+    updates = [Update(update_id=n) for n in (10, 11, 12, 13)]
+    assert next_offset(updates, [True, True, True, True], None) == 14
+    assert next_offset(updates, [True, False, True, True], None) == 11
+    assert next_offset(updates, [False, True, True, True], 10) == 10

@@ -16,7 +16,7 @@ from engine.graph import FlowGraph
 from engine.loader import FlowError, LoadedFlow, load_flow
 from engine.paths import covering_paths, format_path
 from pricing.catalog import DEFAULT_PATH as DEFAULT_PRICING
-from trt.settings import Settings, describe
+from trt.settings import Settings, describe, read_all
 
 
 def _load(path: Path) -> LoadedFlow | None:
@@ -176,8 +176,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         top = parser()
-    except ValidationError as exc:  # a malformed setting: say which, not a traceback
-        print(f"trt: {describe(exc)}", file=sys.stderr)
+    except ValidationError as exc:  # a malformed setting: name every one, not a traceback
+        try:
+            read_all()
+        except ValueError as every:
+            print(f"trt: {every}", file=sys.stderr)
+        else:
+            print(f"trt: {describe(exc)}", file=sys.stderr)
         return 2
     args = top.parse_args(argv)
     result: int = args.func(args)

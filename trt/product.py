@@ -34,14 +34,15 @@ from flows.payments.settings import PaymentSettings
 from flows.registry import build_registry
 from flows.services import Services
 from kie.client import KieClient
-from pricing.catalog import Catalog, load_catalog
+from pricing.catalog import Catalog
+from pricing.source import CatalogSource
 from pricing.topups import load_packages
 from storage.payments import PaymentStore
 from trt.app import build_dispatcher
 from trt.flood import FloodLimits
 from trt.observability.jobs import ObservedGeneration
 from trt.observability.store import CorrelatedStore
-from trt.wiring import ServiceRoutes, add_service_routes, instrument, retry_later
+from trt.wiring import ServiceRoutes, add_service_routes, instrument, prices_loaded, retry_later
 
 
 @dataclass(slots=True)
@@ -54,7 +55,7 @@ class Product:
     payments: PaymentsService
     kie: KieClient
     links: MediaLinks | None
-    catalog: Catalog | None = None
+    prices: Catalog | CatalogSource | None = None
 
 
 def build_product(
@@ -74,8 +75,8 @@ def build_product(
     base = settings.public_base_url
     links = MediaLinks(base, media_secret) if base else None
     pay = payment_settings or PaymentSettings()
-    catalog = catalog or load_catalog()
-    registry = build_registry(catalog, services, links.url if links else None)
+    prices = catalog if catalog is not None else CatalogSource()
+    registry = build_registry(prices, services, links.url if links else None)
     engine = FlowEngine(load_flow(flows_path), registry, CorrelatedStore(store))
     payments = PaymentsService(
         store=PaymentStore(db),
@@ -110,7 +111,7 @@ def build_product(
     dispatcher.message.outer_middleware(FirstContact(services.ledger, pay.welcome_bonus))
     instrument(bot, dispatcher, engine, db, flood)
     return Product(
-        bot, dispatcher, engine, services, generation, payments, kie, links, catalog=catalog
+        bot, dispatcher, engine, services, generation, payments, kie, links, prices=prices
     )
 
 
@@ -128,7 +129,7 @@ def product_routes(
         bot=product.bot,
         db=product.services.db,
         engine=product.engine,
-        prices_loaded=lambda: product.catalog is not None and bool(product.catalog.models),
+        prices_loaded=prices_loaded(product.prices),
         webhook_secret=webhook_secret,
         metrics_token=metrics_token,
     )

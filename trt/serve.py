@@ -24,6 +24,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from aiogram.exceptions import TelegramAPIError
 from aiohttp import web
@@ -202,13 +203,27 @@ async def serve(
         log.info("serving", extra={"host": settings.host, "port": settings.port})
         if on_ready is not None:
             on_ready()
-        await stop.wait()
+        crashed = await _until_stopped(stop, polling)
         log.info("shutting down")
         routes.drain()
-        if polling is not None:
+        if polling is not None and not crashed:
             await polling
     log.info("stopped")
-    return 0
+    return 1 if crashed else 0
+
+
+async def _until_stopped(stop: asyncio.Event, polling: asyncio.Task[None] | None) -> bool:
+    """Waits for the stop signal; True if polling died first (a process that no longer
+    receives updates must exit, so that its supervisor restarts it)."""
+    stopping = asyncio.ensure_future(stop.wait())
+    watched: set[asyncio.Future[Any]] = {stopping, *([polling] if polling else [])}
+    await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+    if stop.is_set() or polling is None:
+        return False
+    stopping.cancel()
+    error = polling.exception() if not polling.cancelled() else None
+    log.error("polling stopped by itself", exc_info=error)
+    return True
 
 
 def main() -> int:

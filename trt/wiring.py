@@ -17,6 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from engine.runtime import FlowEngine
 from engine.telegram import UpdateNotProcessed
+from pricing.catalog import Catalog, CatalogError
+from pricing.source import CatalogSource
 from storage.errors import is_unavailable
 from storage.processed_updates import ProcessedUpdates
 from storage.users import set_active
@@ -29,6 +31,21 @@ from trt.observability.updates import Handler, UpdateObserver
 from trt.telegram_errors import TelegramErrors
 from trt.updates import UpdateProcessor
 from trt.webhook import add_telegram_webhook
+
+
+def prices_loaded(prices: Catalog | CatalogSource | None) -> Callable[[], bool]:
+    """For readiness: whether the product has a catalog with models to sell right now."""
+
+    def check() -> bool:
+        if prices is None:
+            return False
+        try:
+            current = prices if isinstance(prices, Catalog) else prices.current()
+        except CatalogError:
+            return False
+        return bool(current.models)
+
+    return check
 
 
 def retry_later(exc: BaseException) -> bool:

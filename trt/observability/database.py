@@ -104,14 +104,16 @@ class DatabaseCollector(Collector):
         self.pool: PoolUsage | None = None
         self.up = False
         self._read_at = -1e9
+        self._read_from: int | None = None
 
     async def refresh(
         self, db: AsyncEngine, *, min_interval_s: float = 5.0, timeout_s: float = 3.0
     ) -> None:
         self.pool = pool_usage(db)
-        if time.monotonic() - self._read_at < min_interval_s:
+        fresh = time.monotonic() - self._read_at < min_interval_s
+        if fresh and self._read_from == id(db):
             return
-        self._read_at = time.monotonic()
+        self._read_at, self._read_from = time.monotonic(), id(db)
         try:
             self.facts = await asyncio.wait_for(read_facts(db), timeout_s)
             self.up = True

@@ -1,0 +1,106 @@
+"""Per-user flood control over the real stack: a burst gets one "one moment" notice, every
+tap is still answered, and nothing waits in a queue without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from engine.registry import Context, Outcome
+from tests.harness import Chat, answer_text, running_stack
+from tests.service_support import mini_flow, product_system_texts, sample
+from trt.flood import FloodControl, FloodLimits
+
+BUSY = product_system_texts()["busy"]["ru"]
+
+
+async def burst(chat: Chat, label: str, taps: int) -> list[str | None]:
+    """Taps `label` on the current screen `taps` times at once; each tap's answer text."""
+    data = chat.screen().data_of(label)
+    results = await asyncio.gather(*(chat.tap_data(data) for _ in range(taps)))
+    # tap_data has checked that each query was answered exactly once.
+    return [answer_text(calls, query_id) for calls, query_id in results]
+
+
+async def test_a_burst_of_taps_gets_one_notice_and_every_tap_an_answer(tmp_path: Path) -> None:
+    runs: list[int] = []
+
+    async def work(ctx: Context) -> Outcome:
+        runs.append(ctx.user_id)
+        return Outcome()
+
+    limits = FloodLimits(rate=0.1, burst=3, in_flight=100)
+    async with running_stack(
+        flow_path=mini_flow(tmp_path), actions={"work": work}, flood=limits
+    ) as stack:
+        chat = stack.chat(31)
+        await chat.send("/start")  # one of the three
+        flooded = sample("trt_updates_total", type="callback_query", outcome="flooded")
+        answers = await burst(chat, "Работа", 10)
+        assert answers.count(BUSY) == 1
+        assert sample("trt_updates_total", type="callback_query", outcome="flooded") == flooded + 8
+        assert runs == [31]  # of the two let through, the second found its screen stale
+
+
+async def test_after_a_pause_taps_work_and_a_new_burst_gets_a_new_notice(tmp_path: Path) -> None:
+    limits = FloodLimits(rate=5, burst=2, in_flight=100)
+    async with running_stack(flow_path=mini_flow(tmp_path), flood=limits) as stack:
+        chat = stack.chat(32)
+        await chat.send("/start")
+        await asyncio.sleep(0.5)  # the bucket is full again
+        assert (await burst(chat, "Дальше", 6)).count(BUSY) == 1
+        await asyncio.sleep(0.5)
+        await chat.tap(chat.screen().flat()[0][0])  # let through: the screen moves on
+        assert (await burst(chat, chat.screen().flat()[0][0], 6)).count(BUSY) == 1
+
+
+async def test_a_burst_of_messages_gets_one_notice_and_no_queue(tmp_path: Path) -> None:
+    limits = FloodLimits(rate=0.1, burst=2, in_flight=100)
+    async with running_stack(flow_path=mini_flow(tmp_path), flood=limits) as stack:
+        chat = stack.chat(33)
+        before = len(stack.api.calls)
+        await asyncio.gather(*(chat.send("/start") for _ in range(8)))
+        texts = [c.params["text"] for c in stack.api.calls[before:] if c.method == "sendMessage"]
+        assert texts.count(BUSY) == 1
+        assert len(texts) == 3  # two screens and the notice; six messages dropped
+
+
+async def test_taps_beyond_the_in_flight_cap_are_dropped_without_waiting(tmp_path: Path) -> None:
+    finished: list[float] = []
+
+    async def work(ctx: Context) -> Outcome:
+        await asyncio.sleep(0.5)
+        finished.append(time.monotonic())
+        return Outcome()
+
+    limits = FloodLimits(rate=100, burst=100, in_flight=2)
+    async with running_stack(
+        flow_path=mini_flow(tmp_path), actions={"work": work}, flood=limits
+    ) as stack:
+        chat = stack.chat(34)
+        await chat.send("/start")
+        data = chat.screen().data_of("Работа")
+        started = time.monotonic()
+        results = await asyncio.gather(*(chat.tap_data(data) for _ in range(6)))
+        answered_at = {
+            c.params["callback_query_id"]: c.at for c in stack.api.calls_of("answerCallbackQuery")
+        }
+        dropped = [qid for calls, qid in results if answer_text(calls, qid) in (BUSY, None)]
+        assert [answer_text(calls, qid) for calls, qid in results].count(BUSY) == 1
+        assert len(finished) == 1
+        # Four were dropped at once: answered before the slow action was done.
+        early = [qid for qid in dropped if answered_at[qid] - started < 0.4]
+        assert len(early) == 4
+
+
+async def test_the_buckets_are_bounded(tmp_path: Path) -> None:
+    async with running_stack(flow_path=mini_flow(tmp_path)) as stack:
+        control = FloodControl(stack.engine, FloodLimits(users=3))
+        for user_id in range(1, 6):
+            control._bucket(user_id)
+        assert list(control._buckets) == [3, 4, 5]
+        control._bucket(3)
+        control._bucket(6)
+        assert list(control._buckets) == [5, 3, 6]
