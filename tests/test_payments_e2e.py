@@ -147,6 +147,28 @@ async def test_pre_checkout_refuses_wrong_amount_foreign_order_and_unknown_paylo
     assert await available(stack, 4) == 0
 
 
+async def test_a_slow_pre_checkout_is_refused_in_time(
+    migrated_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """S13: Telegram waits 10 s; a check slower than the budget is refused, not left hanging."""
+    settings = PaymentSettings(PRE_CHECKOUT_BUDGET_S="0.3")
+    async with running_stack(db_url=migrated_database_url, payment_settings=settings) as stack:
+        chat = stack.chat(5)
+        params = await invoice(chat)
+        real = stack.product.payments.check
+
+        async def slow(*args: Any) -> str | None:
+            await asyncio.sleep(2)
+            return await real(*args)
+
+        monkeypatch.setattr(stack.product.payments, "check", slow)
+        started = asyncio.get_running_loop().time()
+        answer = await pre_checkout(stack, 5, params)
+        assert answer["ok"] is False and answer["error_message"] == t("pay_slow")
+        assert asyncio.get_running_loop().time() - started < 2  # answered before the check ended
+        assert await available(stack, 5) == 0
+
+
 async def test_an_expired_order_is_refused_at_pre_checkout(stack: Stack) -> None:
     chat = stack.chat(6)
     params = await invoice(chat)

@@ -105,7 +105,10 @@ def build_product(
 
     dispatcher = build_dispatcher(
         engine,
-        [admin_router(services, payments, pay.admin_ids), payments_router(payments, locale_of)],
+        [
+            admin_router(services, payments, pay.admin_ids),
+            payments_router(payments, locale_of, pay.pre_checkout_budget_s),
+        ],
         retry_later=retry_later,
     )
     dispatcher.message.outer_middleware(FirstContact(services.ledger, pay.welcome_bonus))

@@ -6,6 +6,7 @@ taken for unexpected input.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
@@ -17,16 +18,29 @@ from flows.payments.service import PaymentsService
 log = logging.getLogger(__name__)
 
 
-def payments_router(payments: PaymentsService, locale_of: Callable[[str | None], str]) -> Router:
+# Telegram cancels a payment whose pre-checkout query is not answered within 10 s (S13):
+# a slow check is refused in time, and the user can simply pay again.
+PRE_CHECKOUT_BUDGET_S = 7.0
+
+
+def payments_router(
+    payments: PaymentsService,
+    locale_of: Callable[[str | None], str],
+    budget_s: float = PRE_CHECKOUT_BUDGET_S,
+) -> Router:
     router = Router(name="payments")
 
     @router.pre_checkout_query()
     async def pre_checkout(query: PreCheckoutQuery) -> None:
         locale = locale_of(query.from_user.language_code)
         try:
-            refusal = await payments.check(
-                query.from_user.id, query.invoice_payload, query.currency, query.total_amount
-            )
+            async with asyncio.timeout(budget_s):
+                refusal = await payments.check(
+                    query.from_user.id, query.invoice_payload, query.currency, query.total_amount
+                )
+        except TimeoutError:
+            log.warning("pre-checkout %s took longer than %.1f s; refused", query.id, budget_s)
+            refusal = "pay_slow"
         except Exception:
             log.exception("pre-checkout %s failed", query.id)
             refusal = "pay_unknown_order"

@@ -16,6 +16,8 @@ class PaymentSettings(BaseSettings):
     # A Telegram Payments provider token (e.g. YooKassa) switches RUB packages on.
     payment_provider_token: str | None = Field(default=None, alias="PAYMENT_PROVIDER_TOKEN")
     order_ttl_s: float = Field(default=3600, alias="ORDER_TTL_S", gt=0)
+    # Telegram gives a pre-checkout query 10 s; a check slower than this is refused in time.
+    pre_checkout_budget_s: float = Field(default=7, alias="PRE_CHECKOUT_BUDGET_S", gt=0, lt=10)
     welcome_bonus_rub: str = Field(default="0", alias="WELCOME_BONUS_RUB")
     referral_bonus_rub: str = Field(default="50", alias="REFERRAL_BONUS_RUB")
     # Comma-separated Telegram user ids; to everyone else admin commands do not exist.
