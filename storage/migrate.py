@@ -86,3 +86,16 @@ def current_revision(database_url: str | None = None) -> str | None:
             await engine.dispose()
 
     return _on_own_thread(lambda: asyncio.run(probe()))
+
+
+async def migration_problem(database_url: str | None = None) -> str | None:
+    """Why the database cannot serve this code (not at the head migration), or None.
+
+    Services refuse to start on an old schema rather than fail on the first update.
+    """
+    current = await asyncio.to_thread(current_revision, database_url)
+    head = head_revision()
+    if current == head:
+        return None
+    at = current or "none"
+    return f"the database is at migration {at}, the code needs {head}: run `trt migrate`"

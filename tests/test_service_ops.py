@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -21,6 +20,7 @@ from prometheus_client import generate_latest
 
 import trt.serve  # noqa: F401 - registers every collector, as the running service has them
 from engine.loader import load_flow
+from tests.conftest import in_ci
 from trt.observability.metrics import REGISTRY
 from trt.settings import settings_classes
 
@@ -121,7 +121,7 @@ def test_the_alerts_cover_what_operators_must_hear_about() -> None:
 def _promtool() -> str:
     found = shutil.which("promtool")
     if found is None:
-        if os.environ.get("CI") == "true":
+        if in_ci():
             pytest.fail("promtool is missing; .ci/run installs it (apt-get install prometheus)")
         pytest.skip("promtool is not installed (apt-get install prometheus); CI runs this")
     return found

@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+import trt.product as product_module
 import trt.serve as serve_module
 from engine.local.bot_api_server import FakeBotAPI
 from engine.registry import Context, Outcome
@@ -221,14 +222,14 @@ async def test_shutdown_finishes_the_update_in_flight_and_refuses_new_ones(
         finished.append(ctx.user_id)
         return Outcome(notice="done")
 
-    real_build = serve_module.build_product
+    real_build = product_module.build_product
 
     def with_slow_action(**kwargs: Any) -> Any:
         product = real_build(**kwargs)
         product.engine.registry.actions["work"] = slow
         return product
 
-    monkeypatch.setattr(serve_module, "build_product", with_slow_action)
+    monkeypatch.setattr(product_module, "build_product", with_slow_action)
     settings = Settings(
         FLOWS_PATH=str(mini_flow(tmp_path)),
         WEBHOOK_URL=base + "/telegram/webhook",

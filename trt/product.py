@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from engine.loader import load_flow
 from engine.runtime import FlowEngine
-from engine.store import StateStore
+from engine.store import MemoryStore, StateStore
 from flows.admin import admin_router
 from flows.generation.callbacks import add_kie_callbacks
 from flows.generation.media_links import MediaLinks, add_media_route
@@ -37,11 +38,15 @@ from kie.client import KieClient
 from pricing.catalog import Catalog
 from pricing.source import CatalogSource
 from pricing.topups import load_packages
+from storage.conversation_store import SqlStateStore
+from storage.db import create_engine
 from storage.payments import PaymentStore
+from storage.settings import DatabaseSettings
 from trt.app import build_dispatcher
 from trt.flood import FloodLimits
 from trt.observability.jobs import ObservedGeneration
 from trt.observability.store import CorrelatedStore
+from trt.settings import Settings
 from trt.wiring import ServiceRoutes, add_service_routes, instrument, prices_loaded, retry_later
 
 
@@ -140,6 +145,42 @@ def product_routes(
     if product.links is not None:
         add_media_route(app, product.links, product.bot)
     return routes
+
+
+def media_secret(webhook_secret: str) -> str:
+    """Stable across restarts and replicas (a link made by one must open on another),
+    and not the webhook secret itself."""
+    return hashlib.sha256(b"trt media links:" + webhook_secret.encode()).hexdigest()
+
+
+async def open_product(
+    exits: contextlib.AsyncExitStack,
+    *,
+    settings: Settings,
+    generation: GenerationSettings,
+    database: DatabaseSettings,
+    bot: Bot,
+    flood: FloodLimits | None = None,
+) -> Product:
+    """The product on its own database engine, store and KIE client, all closed by `exits`
+    (the bot's session too): what `trt run` and `trt serve` both start from."""
+    exits.push_async_callback(bot.session.close)
+    db = create_engine(database)
+    exits.push_async_callback(db.dispose)
+    store: StateStore = MemoryStore() if settings.state_store == "memory" else SqlStateStore(db)
+    assert generation.kie_api_key is not None
+    kie = KieClient(generation.kie_base_url, generation.kie_api_key)
+    exits.push_async_callback(kie.close)
+    return build_product(
+        bot=bot,
+        store=store,
+        db=db,
+        flows_path=settings.flows_path,
+        settings=generation,
+        kie=kie,
+        media_secret=media_secret(settings.webhook_secret),
+        flood=flood,
+    )
 
 
 @asynccontextmanager

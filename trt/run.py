@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import socket
 import sys
 from collections.abc import AsyncIterator
@@ -21,36 +20,18 @@ from aiohttp import web
 
 from engine.local.bot_api_server import FakeBotAPI
 from engine.local.terminal_chat import run_terminal_chat
-from engine.store import MemoryStore, StateStore
 from flows.generation.settings import GenerationSettings
-from kie.client import KieClient
 from kie.fake_server import FakeKie
-from storage.conversation_store import SqlStateStore
-from storage.db import create_engine
-from storage.migrate import current_revision, head_revision
+from storage.migrate import migration_problem
 from storage.settings import DatabaseSettings
 from trt.app import build_bot
-from trt.product import Product, background, build_product, product_routes
+from trt.product import Product, background, open_product, product_routes
 from trt.settings import Settings
 
 log = logging.getLogger("trt")
 
 LOCAL_TOKEN = "42:LOCAL"
 LOCAL_CHAT = 1001
-
-
-class NotMigrated(RuntimeError):
-    pass
-
-
-async def _check_migrated() -> None:
-    # Refuse to start on an old schema rather than fail on the first update.
-    current, head = await asyncio.to_thread(current_revision), head_revision()
-    if current != head:
-        raise NotMigrated(
-            f"the database is at migration {current or 'none'}, the code needs {head}: "
-            "run `trt migrate` (make run does it for you)"
-        )
 
 
 @contextlib.asynccontextmanager
@@ -67,10 +48,8 @@ async def _http(product: Product, settings: Settings, sock: socket.socket) -> As
 
 
 async def run_bot(settings: Settings) -> int:
-    try:
-        await _check_migrated()
-    except NotMigrated as exc:
-        print(f"trt run: {exc}", file=sys.stderr)
+    if reason := await migration_problem():
+        print(f"trt run: {reason} (make run does it for you)", file=sys.stderr)
         return 1
     generation = GenerationSettings()
     local = not settings.bot_token
@@ -78,32 +57,24 @@ async def run_bot(settings: Settings) -> int:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0) if local else (settings.host, settings.port))
     async with contextlib.AsyncExitStack() as exits:
-        db = create_engine(DatabaseSettings())
-        exits.push_async_callback(db.dispose)
-        store: StateStore = MemoryStore() if settings.state_store == "memory" else SqlStateStore(db)
         if local:
             api = await exits.enter_async_context(FakeBotAPI())
             bot = build_bot(LOCAL_TOKEN, api.base_url)
         else:
             assert settings.bot_token is not None
             bot = build_bot(settings.bot_token, settings.telegram_api_base)
-        exits.push_async_callback(bot.session.close)
         if generation.kie_api_key is None:
             fake_kie = await exits.enter_async_context(FakeKie())
             generation.kie_api_key, generation.kie_base_url = fake_kie.api_key, fake_kie.base_url
             print(f"No KIE_API_KEY: a local KIE runs at {fake_kie.base_url}.")
         if generation.public_base_url is None and local:
             generation.public_base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        kie = KieClient(generation.kie_base_url, generation.kie_api_key)
-        exits.push_async_callback(kie.close)
-        product = build_product(
+        product = await open_product(
+            exits,
+            settings=settings,
+            generation=generation,
+            database=DatabaseSettings(),
             bot=bot,
-            store=store,
-            db=db,
-            flows_path=settings.flows_path,
-            settings=generation,
-            kie=kie,
-            media_secret=settings.webhook_secret + secrets.token_hex(8),
         )
         await exits.enter_async_context(_http(product, settings, sock))
         await exits.enter_async_context(background(product))

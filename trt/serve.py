@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import signal
 import sys
@@ -29,19 +28,15 @@ from typing import Any
 from aiogram.exceptions import TelegramAPIError
 from aiohttp import web
 
-from engine.store import MemoryStore, StateStore
 from flows.generation.settings import GenerationSettings
-from kie.client import KieClient
-from storage.conversation_store import SqlStateStore
-from storage.db import create_engine
-from storage.migrate import current_revision, head_revision
+from storage.migrate import migration_problem
 from storage.processed_updates import ProcessedUpdates
 from storage.settings import DatabaseSettings
 from trt.app import build_bot
 from trt.flood import FloodLimits
 from trt.observability.logs import configure_logging
 from trt.polling import poll
-from trt.product import Product, background, build_product, product_routes
+from trt.product import Product, background, open_product, product_routes
 from trt.settings import Settings, read_all, secret_values
 from trt.wiring import ServiceRoutes
 
@@ -73,26 +68,10 @@ def problems(settings: Settings, generation: GenerationSettings) -> list[str]:
     return found
 
 
-def media_secret(webhook_secret: str) -> str:
-    """Stable across restarts and replicas (a link made by one must open on another),
-    and not the webhook secret itself."""
-    return hashlib.sha256(b"trt media links:" + webhook_secret.encode()).hexdigest()
-
-
 def flood_limits(settings: Settings) -> FloodLimits:
     return FloodLimits(
         rate=settings.flood_rate, burst=settings.flood_burst, in_flight=settings.flood_in_flight
     )
-
-
-async def _migrated(database_url: str) -> str | None:
-    current, head = await asyncio.to_thread(current_revision, database_url), head_revision()
-    if current != head:
-        return (
-            f"the database is at migration {current or 'none'}, the code needs {head}: "
-            "run `trt migrate`"
-        )
-    return None
 
 
 @contextlib.asynccontextmanager
@@ -162,7 +141,7 @@ async def serve(
     if found := problems(settings, generation):
         print("trt serve: cannot start:\n  " + "\n  ".join(found), file=sys.stderr)
         return 2
-    if reason := await _migrated(database.database_url):
+    if reason := await migration_problem(database.database_url):
         print(f"trt serve: {reason}", file=sys.stderr)
         return 1
     assert settings.bot_token and generation.kie_api_key
@@ -172,28 +151,20 @@ async def serve(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
     async with contextlib.AsyncExitStack() as exits:
-        db = create_engine(database)
-        exits.push_async_callback(db.dispose)
-        store: StateStore = MemoryStore() if settings.state_store == "memory" else SqlStateStore(db)
         bot = build_bot(settings.bot_token, settings.telegram_api_base)
-        exits.push_async_callback(bot.session.close)
-        kie = KieClient(generation.kie_base_url, generation.kie_api_key)
-        exits.push_async_callback(kie.close)
-        product = build_product(
+        product = await open_product(
+            exits,
+            settings=settings,
+            generation=generation,
+            database=database,
             bot=bot,
-            store=store,
-            db=db,
-            flows_path=settings.flows_path,
-            settings=generation,
-            kie=kie,
-            media_secret=media_secret(settings.webhook_secret),
             flood=flood_limits(settings),
         )
         await exits.enter_async_context(background(product))
         routes, _ = await exits.enter_async_context(_listening(product, settings))
         chores = asyncio.Event()
         keep = timedelta(hours=settings.processed_updates_keep_h)
-        pruning = asyncio.create_task(_prune(ProcessedUpdates(db), keep, chores))
+        pruning = asyncio.create_task(_prune(ProcessedUpdates(product.services.db), keep, chores))
         exits.push_async_callback(_stopped, pruning, chores)
         try:
             polling = await _start_updates(product, settings, routes, stop)
