@@ -11,11 +11,14 @@ stderr, the report to stdout.
    full amount. PAIRS timed pairs per row, after a short warm-up per worker that
    also fills the connection pool. Rows: one task; WORKERS asyncio tasks in one
    process; WORKERS tasks spread over PROCS processes (WORKERS/PROCS tasks each;
-   a process runs Python on one core at a time). Backends: SQLite (a file in a
-   temp dir: the app's engine, WAL) and PostgreSQL (a scratch database migrated
-   with ``upgrade_to_head``). Each pair is two ledger transactions. Besides
-   pairs/s: pair latency (hold start to post end), SQL statements per pair as
-   SQLAlchemy sends them (BEGIN, COMMIT and the pool's pre-ping not counted),
+   a process runs Python on one core at a time); on PostgreSQL also WORKERS tasks
+   in one process with DB_POOL_PRE_PING=true (the default is off), to show what the
+   ping costs. Backends: SQLite (a file in a temp dir: the app's engine, WAL) and
+   PostgreSQL (a scratch database migrated with ``upgrade_to_head``; each ledger
+   call is one call of its function from migration 0005). Each pair is two ledger
+   transactions. Besides pairs/s: pair latency (hold start to post end), SQL
+   statements or ledger function calls per pair (BEGIN, COMMIT and the pool's
+   pre-ping not counted),
    CPU per pair of the client process(es) (for SQLite that includes SQLite
    itself) and of the postgres backends serving the bench database (read from
    /proc, so only for a local server), cores busy (ours, and the whole host's:
@@ -23,10 +26,10 @@ stderr, the report to stdout.
    and conflict retries (``storage.retry``). The ledger invariants and row
    counts are checked after each backend.
 2. pgbench on scratch databases of the same server, -c 16 -j 2 -T 10: the
-   built-in TPC-B-like script (``-i -s 1``), and LEDGER_SCRIPT, which sends the
-   very statements Ledger.hold and Ledger.post send, so its tps is the server's
+   built-in TPC-B-like script (``-i -s 1``), and LEDGER_SCRIPT, which makes the
+   very function calls Ledger.hold and Ledger.post make, so its tps is the server's
    pairs/s for our SQL with a client that costs next to nothing. Both beside our
-   best PostgreSQL row with WORKERS workers.
+   best PostgreSQL row with WORKERS workers and the default pool.
 3. Reads at scale: BIG_USERS users and BIG_ENTRIES entries built with bulk SQL
    (``generate_series`` on PostgreSQL, a recursive CTE on SQLite) on a freshly
    migrated database: one credit per user, then hold+post pairs spread over the
@@ -74,8 +77,9 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from storage import ledger_functions
 from storage.db import create_engine
-from storage.ledger import Ledger, balance_query, statement_query
+from storage.ledger import ACCOUNT_TOTALS_SQL, SHARDS, Ledger, balance_query, statement_query
 from storage.migrate import upgrade_to_head
 from storage.settings import DatabaseSettings
 from storage.users import ensure_user
@@ -128,19 +132,33 @@ def count_retries() -> _RetryCounter:
 
 class _StatementCounter:
     """Statements sent through SQLAlchemy, but SQLite's BEGIN IMMEDIATE (storage.db sends
-    it as SQL; on PostgreSQL the driver's BEGIN is not a statement here either)."""
+    it as SQL; on PostgreSQL the driver's BEGIN is not a statement here either), plus the
+    ledger's function calls on PostgreSQL (sent on the driver's connection, which
+    SQLAlchemy's events do not see). Counts for the whole process while installed."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.count = 0
         event.listen(engine.sync_engine, "before_cursor_execute", self._seen)
+        self._call = ledger_functions.call
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            self.count += 1
+            return await self._call(*args, **kwargs)
+
+        ledger_functions.call = counted  # type: ignore[assignment]
+
+    def uninstall(self) -> None:
+        ledger_functions.call = self._call  # type: ignore[assignment]
 
     def _seen(self, conn: Any, cursor: Any, statement: str, *_: Any) -> None:
         if not statement.startswith("BEGIN"):
             self.count += 1
 
 
-def app_engine(url: str) -> AsyncEngine:
-    return create_engine(DatabaseSettings(database_url=url))
+def app_engine(url: str, **settings: Any) -> AsyncEngine:
+    """The app's engine with the app's defaults (DB_POOL_SIZE 20, no pre-ping), but
+    what `settings` overrides."""
+    return create_engine(DatabaseSettings(database_url=url, **settings))
 
 
 # ----------------------------------------------------------------- databases
@@ -205,7 +223,7 @@ INVARIANTS: dict[str, str] = {
         "GROUP BY transfer_id HAVING SUM(amount) <> 0) x"
     ),
     "accounts whose totals differ from their entries": (
-        "SELECT COUNT(*) FROM accounts a LEFT JOIN ("
+        "SELECT COUNT(*) FROM (" + ACCOUNT_TOTALS_SQL + ") a LEFT JOIN ("
         "  SELECT account_id,"
         "    SUM(CASE WHEN pending THEN 0 ELSE amount END) AS posted,"
         "    SUM(CASE WHEN pending THEN amount ELSE 0 END) AS pend"
@@ -369,9 +387,10 @@ async def run_pairs(
     warmup: int,
     gate: Callable[[], None] | None = None,
     profiler: cProfile.Profile | None = None,
+    pre_ping: bool = False,
 ) -> PairRun:
     """One process: len(slices) concurrent workers, worker w runs counts[w] pairs."""
-    engine = app_engine(url)
+    engine = app_engine(url, DB_POOL_PRE_PING=pre_ping)
     statements = _StatementCounter(engine)
     retries = count_retries()
     ledger = Ledger(engine)
@@ -404,6 +423,7 @@ async def run_pairs(
         executed = statements.count
         server_end = process_cpu(await server_pids(engine))
     finally:
+        statements.uninstall()
         await engine.dispose()
     return PairRun(
         started,
@@ -428,10 +448,13 @@ def _child(
     warmup: int,
     barrier: Any,
     results: Any,
+    pre_ping: bool,
 ) -> None:
     """A worker process: its own engine and event loop; starts the clock at the barrier."""
     try:
-        run = asyncio.run(run_pairs(url, slices, counts, tag, warmup, gate=barrier.wait))
+        run = asyncio.run(
+            run_pairs(url, slices, counts, tag, warmup, gate=barrier.wait, pre_ping=pre_ping)
+        )
         results.put(("ok", run))
     except BaseException as exc:
         with contextlib.suppress(Exception):
@@ -455,12 +478,13 @@ async def run_config(
     pairs: int,
     warmup: int,
     tag: str,
+    pre_ping: bool = False,
 ) -> Row:
     """`workers` tasks on disjoint users, in-process (procs == 1) or over `procs` processes."""
     slices = split(accounts, workers)
     counts = shares(pairs, workers)
     if procs == 1:
-        run = await run_pairs(db.url, slices, counts, tag, warmup)
+        run = await run_pairs(db.url, slices, counts, tag, warmup, pre_ping=pre_ping)
         runs = [run]
     else:
         per = workers // procs
@@ -478,6 +502,7 @@ async def run_config(
                     warmup,
                     barrier,
                     results,
+                    pre_ping,
                 ),
                 daemon=True,
             )
@@ -523,6 +548,8 @@ async def run_config(
         config = "1 task" if workers == 1 else f"{workers} tasks, 1 process"
     else:
         config = f"{workers} tasks, {procs} processes x {workers // procs}"
+    if pre_ping:
+        config += ", pre-ping"
     return Row(
         backend="SQLite" if db.backend == "sqlite" else "PostgreSQL",
         config=config,
@@ -564,6 +591,7 @@ async def fund_users(url: str, users: int, concurrency: int = 16) -> list[int]:
 class WriteConfig:
     workers: int
     procs: int
+    pre_ping: bool = False  # DB_POOL_PRE_PING=true: one more round trip per transaction
 
 
 async def bench_writes(
@@ -577,8 +605,10 @@ async def bench_writes(
     total_pairs = 0
     for n, cfg in enumerate(configs):
         log(f"{db.backend}: {args.pairs} pairs, {cfg.workers} workers in {cfg.procs} process(es)")
+        if cfg.pre_ping and db.backend != "postgresql":
+            continue
         row = await run_config(
-            db, accounts, cfg.workers, cfg.procs, args.pairs, args.warmup, f"r{n}"
+            db, accounts, cfg.workers, cfg.procs, args.pairs, args.warmup, f"r{n}", cfg.pre_ping
         )
         rows.append(row)
         total_pairs += row.pairs + args.warmup * cfg.workers
@@ -604,7 +634,10 @@ def print_writes(rows: list[Row], args: argparse.Namespace) -> None:
         f"\n   {args.users} users funded via ensure_user+credit; workers own disjoint users; "
         f"{args.pairs} timed pairs per row after {args.warmup} warm-up pairs per worker."
         "\n   1 pair = 2 ledger transactions. p50/p99: one pair, hold start to post end. "
-        "SQL: statements per pair, without BEGIN/COMMIT/pool pre-ping."
+        "calls: SQL statements or ledger function calls per pair, without BEGIN/COMMIT/"
+        "pre-ping."
+        "\n   PostgreSQL runs each ledger call as one function call; pools are the app's "
+        "defaults (20 connections, no pre-ping) but in the row marked pre-ping."
         "\n   CPU ms/pair: client = the Python process(es) (SQLite runs inside them), "
         "server = the postgres backends of the bench database."
         "\n   cores busy: ours = (client + server CPU) / wall time; host = the whole machine "
@@ -612,7 +645,7 @@ def print_writes(rows: list[Row], args: argparse.Namespace) -> None:
     )
     header = (
         f"{'backend':<11} {'workers':<28} {'pairs/s':>7} {'txn/s':>6} {'p50 ms':>7} "
-        f"{'p99 ms':>7} {'SQL':>5} {'client':>7} {'server':>7} {'ours':>5} {'host':>5} "
+        f"{'p99 ms':>7} {'calls':>5} {'client':>7} {'server':>7} {'ours':>5} {'host':>5} "
         f"{'retries':>7}"
     )
     print(f"{'':<75}{'CPU ms/pair':^15} {'cores busy':^11}")
@@ -643,64 +676,25 @@ def find_pgbench() -> str | None:
     return None
 
 
-# One hold+post pair as pgbench sees it: the statements Ledger.hold and Ledger.post send
-# on PostgreSQL (as SQLAlchemy logs them), in two transactions, with the values the
-# ledger would compute made in SQL. pgbench counts the whole script as one transaction,
-# so its tps is pairs/s with a client that costs next to nothing.
+# One hold+post pair as pgbench sees it: what Ledger.hold and Ledger.post send on
+# PostgreSQL (one function call each, in autocommit), with the values the ledger would
+# compute made in SQL. pgbench counts the whole script as one transaction, so its tps is
+# pairs/s with a client that costs next to nothing.
 _H = "('g' || :client_id::text || '-' || :k::text)"  # the hold's id
 _P = "('g' || :client_id::text || '-' || :k::text || 'p')"  # the post's id
 _LEDGER_SCRIPT = """\
 \\set acct :first + :client_id + :clients * random(0, :per - 1)
 \\set amt random(100, 149)
 \\set k random(1, 999999999999)
-BEGIN;
-SELECT request_hash, outcome FROM idempotency_keys WHERE scope = 'ledger' AND key = {H};
-UPDATE accounts SET debits_pending = debits_pending + :amt::bigint
-  WHERE id = :acct::integer AND (allow_negative
-    OR credits_posted - debits_posted - debits_pending >= :amt::bigint);
-UPDATE accounts SET credits_pending = credits_pending + :amt::bigint
-  WHERE id = :revenue::integer;
-INSERT INTO transfers (id, kind, debit_account_id, credit_account_id, amount, pending_id,
-  reason, note, created_at)
-  VALUES ({H}, 'hold', :acct::integer, :revenue::integer, :amt::bigint, NULL, 'bench', NULL,
-    now());
-INSERT INTO entries (transfer_id, account_id, amount, pending, created_at)
-  VALUES ({H}, :acct::integer, -:amt::bigint, true, now()),
-    ({H}, :revenue::integer, :amt::bigint, true, now());
-INSERT INTO holds (id, account_id, amount, state, timeout_at)
-  VALUES ({H}, :acct::integer, :amt::bigint, 'pending', now() + interval '60 seconds');
-INSERT INTO idempotency_keys (scope, key, request_hash, outcome, created_at)
-  VALUES ('ledger', {H}, md5('h' || {H}) || md5('x' || {H}), json_build_object('transfer', {H}),
-    now());
-COMMIT;
-BEGIN;
-SELECT request_hash, outcome FROM idempotency_keys WHERE scope = 'ledger' AND key = {P};
-SELECT holds.id, holds.account_id, holds.amount, holds.state, holds.timeout_at,
-  holds.resolved_at, holds.resolution_id, holds.posted_amount, transfers.credit_account_id,
-  transfers.reason
-  FROM holds JOIN transfers ON transfers.id = holds.id WHERE holds.id = {H};
-UPDATE holds SET state = 'posted', resolved_at = now(), resolution_id = {P},
-  posted_amount = :amt::bigint
-  WHERE id = {H} AND state = 'pending' AND timeout_at > now();
-UPDATE accounts SET debits_pending = debits_pending - :amt::bigint,
-  debits_posted = debits_posted + :amt::bigint WHERE id = :acct::integer;
-UPDATE accounts SET credits_pending = credits_pending - :amt::bigint,
-  credits_posted = credits_posted + :amt::bigint WHERE id = :revenue::integer;
-INSERT INTO transfers (id, kind, debit_account_id, credit_account_id, amount, pending_id,
-  reason, note, created_at)
-  VALUES ({P}, 'post', :acct::integer, :revenue::integer, :amt::bigint, {H}, 'bench', NULL,
-    now());
-INSERT INTO entries (transfer_id, account_id, amount, pending, created_at)
-  VALUES ({P}, :acct::integer, :amt::bigint, true, now()),
-    ({P}, :revenue::integer, -:amt::bigint, true, now()),
-    ({P}, :acct::integer, -:amt::bigint, false, now()),
-    ({P}, :revenue::integer, :amt::bigint, false, now());
-INSERT INTO idempotency_keys (scope, key, request_hash, outcome, created_at)
-  VALUES ('ledger', {P}, md5('p' || {P}) || md5('y' || {P}), json_build_object('transfer', {P}),
-    now());
-COMMIT;
+SELECT ledger_hold(p_id => {H}, p_hash => md5('h' || {H}) || md5('x' || {H}), p_now => now(),
+  p_account => :acct, p_amount => :amt, p_timeout_at => now() + interval '60 seconds',
+  p_destination => :revenue, p_reason => 'bench', p_note => NULL, p_shards => {SHARDS});
+SELECT ledger_post(p_id => {P}, p_hash => md5('p' || {P}) || md5('y' || {P}), p_now => now(),
+  p_hold => {H}, p_amount => NULL, p_shards => {SHARDS});
 """
-LEDGER_SCRIPT = _LEDGER_SCRIPT.replace("{H}", _H).replace("{P}", _P)
+LEDGER_SCRIPT = (
+    _LEDGER_SCRIPT.replace("{H}", _H).replace("{P}", _P).replace("{SHARDS}", str(SHARDS))
+)
 
 
 @dataclass(slots=True)
@@ -1420,6 +1414,7 @@ async def main(args: argparse.Namespace) -> int:
     configs = [WriteConfig(1, 1), WriteConfig(args.workers, 1)]
     if args.procs > 1:
         configs.append(WriteConfig(args.workers, args.procs))
+    configs.append(WriteConfig(args.workers, 1, pre_ping=True))
 
     made: list[Database] = []
 
@@ -1485,7 +1480,13 @@ async def main(args: argparse.Namespace) -> int:
     print()
     if 1 in args.parts:
         print_writes(rows, args)
-        pg_rows = [r for r in rows if r.backend == "PostgreSQL" and r.workers == args.workers]
+        pg_rows = [
+            r
+            for r in rows
+            if r.backend == "PostgreSQL"
+            and r.workers == args.workers
+            and not r.config.endswith("pre-ping")
+        ]
         if pg_rows:
             best = max(pg_rows, key=lambda r: r.rate)
             verdict = "meets" if best.rate >= TARGET_PAIRS else "BELOW"

@@ -156,6 +156,7 @@ def create_engine(settings: DatabaseSettings | None = None) -> AsyncEngine:
         max_overflow=settings.max_overflow,
         pool_timeout=settings.pool_timeout,
         pool_pre_ping=settings.pool_pre_ping,
+        pool_recycle=settings.pool_recycle,
     )
 
 

@@ -122,6 +122,26 @@ class Account(SQLModel, table=True):
     credits_posted: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
 
 
+class AccountShard(SQLModel, table=True):
+    """Running totals of a system account, spread over rows by the user on the other side.
+
+    Every transfer touches one system account; with its totals on one row, that row's
+    lock would queue every writer in the service behind each other's commit. A system
+    account's totals are its own row's plus the sum of its shards (rows written before
+    shards existed keep their totals). Shards may go negative one by one: only their sum
+    means anything, and system accounts may go negative anyway.
+    """
+
+    __tablename__ = "account_shards"
+
+    account_id: int = Field(sa_column=Column(Integer, ForeignKey("accounts.id"), primary_key=True))
+    shard: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    debits_pending: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    debits_posted: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    credits_pending: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    credits_posted: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+
+
 class Transfer(SQLModel, table=True):
     """One money movement; its id is the caller's idempotency key (I5).
 

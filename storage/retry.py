@@ -52,6 +52,12 @@ def is_transient_or_duplicate(exc: DBAPIError) -> bool:
     return _sqlstate(exc) == _PG_UNIQUE_VIOLATION or "unique constraint" in str(exc.orig).lower()
 
 
+def is_transient_duplicate_or_dropped(exc: DBAPIError) -> bool:
+    """Also a dropped connection: only for calls whose own key makes a rerun safe (the
+    ledger's), since the first attempt may have committed before the reply was lost."""
+    return exc.connection_invalidated or is_transient_or_duplicate(exc)
+
+
 async def with_retries(
     operation: Callable[[], Awaitable[_T]],
     *,

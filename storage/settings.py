@@ -55,10 +55,19 @@ class DatabaseSettings(BaseSettings):
     )
 
     database_url: str = Field(default=DEFAULT_DATABASE_URL, alias="DATABASE_URL")
-    pool_size: int = Field(default=10, alias="DB_POOL_SIZE", ge=1)
+    # Sized for the service's concurrency: a connection beyond the pool is closed when
+    # returned, so a pool smaller than the usual load reconnects on every request.
+    pool_size: int = Field(default=20, alias="DB_POOL_SIZE", ge=1)
     max_overflow: int = Field(default=10, alias="DB_MAX_OVERFLOW", ge=0)
     pool_timeout: float = Field(default=10.0, alias="DB_POOL_TIMEOUT", gt=0)
-    pool_pre_ping: bool = Field(default=True, alias="DB_POOL_PRE_PING")
+    # Off by default: a ping is one more round trip per checkout (the ledger benchmark
+    # measured a quarter fewer hold+post pairs/s with it). Without it, a connection the
+    # server dropped fails one call: ledger calls then retry on a new connection (their
+    # keys make that safe), an update gets a 503 and Telegram delivers it again.
+    pool_pre_ping: bool = Field(default=False, alias="DB_POOL_PRE_PING")
+    # Connections older than this are replaced at checkout (proxies and servers that
+    # close idle connections); -1 keeps them forever.
+    pool_recycle: int = Field(default=1800, alias="DB_POOL_RECYCLE", ge=-1)
     echo: bool = Field(default=False, alias="DB_ECHO")
 
     @field_validator("database_url")

@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from storage.ledger import ACCOUNT_TOTALS_SQL
+
 START = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
 
@@ -35,7 +37,7 @@ async def check_invariants(engine: AsyncEngine) -> None:
         mismatched = (
             await conn.execute(
                 text(
-                    "SELECT a.id FROM accounts a LEFT JOIN ("
+                    "SELECT a.id FROM (" + ACCOUNT_TOTALS_SQL + ") a LEFT JOIN ("
                     "  SELECT account_id,"
                     "    SUM(CASE WHEN pending THEN 0 ELSE amount END) AS posted,"
                     "    SUM(CASE WHEN pending THEN amount ELSE 0 END) AS pending"

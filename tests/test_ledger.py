@@ -8,9 +8,12 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
+from storage.db import create_engine
 from storage.ledger import (
     ExceedsHold,
     HoldExpired,
@@ -21,6 +24,7 @@ from storage.ledger import (
     UnknownAccount,
     UnknownHold,
 )
+from storage.settings import DatabaseSettings
 from storage.users import ensure_user
 from tests.ledger_support import Clock, check_invariants
 
@@ -240,6 +244,54 @@ async def test_statement_lists_movements_newest_first(ledger: Ledger) -> None:
     assert len(await ledger.statement(account, limit=2)) == 2
 
 
+async def test_statement_pages_agree_with_the_entries(
+    ledger: Ledger, db_engine: AsyncEngine
+) -> None:
+    """Posts have two entries per account, holds and credits one: every limit must still
+    give whole transfers with their full sums, newest first, and pages by entry id must
+    join up into the whole history."""
+    account = await funded(ledger, 1, 100_000)
+    for n in range(23):
+        await ledger.hold(f"h{n}", account, 100 + n, expires_in=MINUTE, reason="generation")
+        if n % 3 == 0:
+            await ledger.post(f"p{n}", f"h{n}", 50)
+        elif n % 3 == 1:
+            await ledger.void(f"v{n}", f"h{n}")
+        if n % 5 == 0:
+            await ledger.credit(f"c{n}", account, 7, source="bonus", reason="promo")
+    async with db_engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                text(
+                    "SELECT id, transfer_id, amount, pending FROM entries "
+                    "WHERE account_id = :a ORDER BY id"
+                ),
+                {"a": account},
+            )
+        ).all()
+    sums: dict[str, list[int]] = {}  # transfer -> [posted, pending, first entry, last entry]
+    for entry_id, transfer, amount, pending in rows:
+        found = sums.setdefault(transfer, [0, 0, entry_id, entry_id])
+        found[1 if pending else 0] += amount
+        found[3] = entry_id
+    history = [
+        (transfer, found[0], found[1])
+        for transfer, found in sorted(sums.items(), key=lambda item: -item[1][3])
+    ]
+    assert len(history) == 1 + 23 + 8 + 8 + 5  # top-up, holds, posts, voids, credits
+    assert len(rows) == len(history) + 8  # each post has two entries
+    for limit in range(1, len(history) + 2):
+        lines = await ledger.statement(account, limit=limit)
+        assert [(x.transfer_id, x.posted, x.pending) for x in lines] == history[:limit]
+    for limit in (1, 2, 3, 7):
+        pages: list[tuple[str, int, int]] = []
+        before: int | None = None
+        while page := await ledger.statement(account, limit=limit, before=before):
+            pages += [(x.transfer_id, x.posted, x.pending) for x in page]
+            before = min(sums[x.transfer_id][2] for x in page)
+        assert pages == history, limit
+
+
 async def test_database_enforces_non_negative_balance(ledger: Ledger) -> None:
     """The CHECK constraint is the last line behind the conditional updates (I2)."""
     account = await funded(ledger, 1, 100)
@@ -296,3 +348,48 @@ async def test_lock_conflict_mid_transfer_is_retried_without_partial_entries(
         count = await conn.scalar(text("SELECT COUNT(*) FROM entries WHERE transfer_id = 'h1'"))
     assert count == 2
     await check_invariants(db_engine)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_connections_the_server_dropped_are_replaced_and_the_call_applies_once(
+    migrated_database_url: str, postgres_admin_url: URL, clock: Clock
+) -> None:
+    """Without pool pre-ping (the default), every pooled connection may be dead after a
+    server restart: the ledger call retries on new ones, and applies once."""
+    engine = create_engine(
+        DatabaseSettings(database_url=migrated_database_url, DB_POOL_SIZE=3, DB_POOL_PRE_PING=False)
+    )
+    try:
+        ledger = Ledger(engine, clock=clock)
+        account = await funded(ledger, 1, 10_000)
+        held = [engine.connect() for _ in range(3)]
+        for conn in held:  # three connections in the pool, all of them about to die
+            await conn.start()
+        for conn in held:
+            await conn.close()
+        admin = create_async_engine(postgres_admin_url, poolclass=NullPool)
+        try:
+            async with admin.connect() as conn:
+                killed = await conn.scalar(
+                    text(
+                        "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE datname = :name"
+                    ),
+                    {"name": make_url(migrated_database_url).database},
+                )
+        finally:
+            await admin.dispose()
+        assert killed == 3, killed
+    except BaseException:
+        await engine.dispose()
+        raise
+    try:
+        record = await ledger.hold("h1", account, 3_000, expires_in=MINUTE, reason="generation")
+        assert record.amount == 3_000
+        balance = await ledger.balance(account)
+        assert (balance.posted, balance.pending) == (10_000, 3_000)
+        again = await ledger.hold("h1", account, 3_000, expires_in=MINUTE, reason="generation")
+        assert again == record
+        await check_invariants(engine)
+    finally:
+        await engine.dispose()

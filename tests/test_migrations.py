@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from alembic.autogenerate import compare_metadata
@@ -11,10 +12,19 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 
+from alembic import command
 from storage.db import create_engine
-from storage.migrate import current_revision, downgrade_to_base, head_revision, upgrade_to_head
+from storage.ledger import Ledger
+from storage.migrate import (
+    alembic_config,
+    current_revision,
+    downgrade_to_base,
+    head_revision,
+    upgrade_to_head,
+)
 from storage.models import metadata
 from storage.settings import DatabaseSettings
+from storage.users import ensure_user
 
 _T = TypeVar("_T")
 
@@ -35,8 +45,8 @@ def table_names(connection: Connection) -> set[str]:
 MONEY_TABLES = {"users", "accounts", "transfers", "entries", "holds", "idempotency_keys", "jobs"}
 
 
-def test_head_is_the_payments_revision() -> None:
-    assert head_revision() == "0004"
+def test_head_is_the_ledger_functions_revision() -> None:
+    assert head_revision() == "0005"
 
 
 async def test_upgrade_clean_database_to_head(database_url: str) -> None:
@@ -118,3 +128,55 @@ async def test_migrating_from_inside_a_running_loop_works(database_url: str) -> 
     # asyncio.run must not collide with the loop this test runs on.
     upgrade_to_head(database_url)
     assert current_revision(database_url) == head_revision()
+
+
+async def test_downgrading_the_shards_folds_them_into_their_accounts(database_url: str) -> None:
+    """0005 -> 0004 keeps every total: the shards' sums go back onto the account rows
+    (and on PostgreSQL the ledger functions go)."""
+    await asyncio.to_thread(upgrade_to_head, database_url)
+    engine = create_engine(DatabaseSettings(database_url=database_url))
+    try:
+        ledger = Ledger(engine)
+        account = await ensure_user(engine, 7)
+        await ledger.credit("c1", account, 5_000, source="topups", reason="topup")
+        await ledger.hold("h1", account, 2_000, expires_in=timedelta(minutes=1), reason="gen")
+        await ledger.post("p1", "h1", 1_500)
+        revenue = await conn_scalar(engine, "SELECT id FROM accounts WHERE code = 'revenue'")
+        topups = await conn_scalar(engine, "SELECT id FROM accounts WHERE code = 'topups'")
+        before = {a: await ledger.balance(a) for a in (account, revenue, topups)}
+        assert before[revenue].posted == 1_500 and before[topups].posted == -5_000
+        assert await conn_scalar(engine, "SELECT COUNT(*) FROM account_shards") == 2
+    finally:
+        await engine.dispose()
+
+    config = alembic_config(database_url)
+    await asyncio.to_thread(command.downgrade, config, "0004")
+
+    assert "account_shards" not in await on_connection(database_url, table_names)
+
+    def totals(connection: Connection) -> dict[int, tuple[int, int]]:
+        rows = connection.execute(text("SELECT * FROM accounts")).all()
+        return {
+            r.id: (r.credits_posted - r.debits_posted, r.debits_pending - r.credits_pending)
+            for r in rows
+        }
+
+    after = await on_connection(database_url, totals)
+    assert {a: (b.posted, b.pending) for a, b in before.items()} == {a: after[a] for a in before}
+
+    def functions(connection: Connection) -> int:
+        return int(
+            connection.execute(
+                text("SELECT COUNT(*) FROM pg_proc WHERE proname LIKE 'ledger\\_%'")
+            ).scalar_one()
+        )
+
+    if database_url.startswith("postgresql"):
+        assert await on_connection(database_url, functions) == 0
+        await asyncio.to_thread(upgrade_to_head, database_url)
+        assert await on_connection(database_url, functions) == 12
+
+
+async def conn_scalar(engine: Any, sql: str) -> Any:
+    async with engine.connect() as conn:
+        return await conn.scalar(text(sql))

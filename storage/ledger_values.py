@@ -1,0 +1,151 @@
+"""What the ledger returns and refuses: shared by its portable path and its PostgreSQL one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+# ----------------------------------------------------------------- errors
+
+
+class LedgerError(Exception):
+    """A refusal the caller can show or act on; kept with its id, so a retry gets it again."""
+
+    code = "ledger_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InsufficientFunds(LedgerError):
+    code = "insufficient_funds"
+
+
+class HoldNotPending(LedgerError):
+    """The hold was already posted, voided or expired (I3)."""
+
+    code = "hold_not_pending"
+
+
+class HoldExpired(LedgerError):
+    """Posting after the timeout: the hold is released, nothing is charged (S8)."""
+
+    code = "hold_expired"
+
+
+class ExceedsHold(LedgerError):
+    code = "exceeds_hold"
+
+
+class UnknownAccount(LedgerError):
+    code = "unknown_account"
+
+
+class UnknownHold(LedgerError):
+    code = "unknown_hold"
+
+
+class IdempotencyConflict(LedgerError):
+    """The id was used before with other parameters (I6); never a silent success."""
+
+    code = "idempotency_conflict"
+
+
+_REFUSALS: dict[str, type[LedgerError]] = {
+    cls.code: cls
+    for cls in (
+        InsufficientFunds,
+        HoldNotPending,
+        HoldExpired,
+        ExceedsHold,
+        UnknownAccount,
+        UnknownHold,
+    )
+}
+
+
+# ------------------------------------------------------------------ values
+
+
+@dataclass(frozen=True, slots=True)
+class TransferRecord:
+    id: str
+    kind: str
+    debit_account_id: int
+    credit_account_id: int
+    amount: int
+    pending_id: str | None
+    reason: str
+    note: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class HoldRecord:
+    id: str
+    account_id: int
+    amount: int
+    state: str
+    timeout_at: datetime
+    resolution_id: str | None
+    posted_amount: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    """posted: what the user owns; pending: what holds keep aside; available: posted - pending."""
+
+    posted: int
+    pending: int
+
+    @property
+    def available(self) -> int:
+        return self.posted - self.pending
+
+
+@dataclass(frozen=True, slots=True)
+class StatementLine:
+    """One transfer as the account saw it: signed posted and pending movements."""
+
+    transfer_id: str
+    kind: str
+    reason: str
+    note: str | None
+    posted: int
+    pending: int
+    at: datetime
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def utc(moment: datetime) -> datetime:
+    """SQLite returns naive datetimes; everything stored here is UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@dataclass(slots=True)
+class Refusal:
+    """A refusal as a value, so a transaction can commit it with its key before raising."""
+
+    error: LedgerError
+
+
+def refusal_from(outcome: dict[str, Any]) -> Refusal:
+    """A stored or returned refusal ({"refused": code, "message": ...}) as the error it was."""
+    return Refusal(_REFUSALS[outcome["refused"]](outcome["message"]))
+
+
+def transfer_record(data: dict[str, Any]) -> TransferRecord:
+    """From a transfers row, as SQLAlchemy returns it or as PostgreSQL's to_jsonb writes it."""
+    at = data["created_at"]
+    moment = datetime.fromisoformat(at) if isinstance(at, str) else at
+    return TransferRecord(**{**data, "created_at": utc(moment).astimezone(UTC)})
+
+
+def conflict(key: str, operation: str) -> Refusal:
+    return Refusal(
+        IdempotencyConflict(f"id {key!r} was used for another {operation} or other parameters")
+    )
