@@ -40,7 +40,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from storage import ledger_functions as functions
-from storage.db import SQLITE_BEGIN
+from storage.db import SQLITE_BEGIN, sqlite_writer
 from storage.ledger_values import (
     Balance,
     ExceedsHold,
@@ -161,7 +161,7 @@ class Ledger:
         (never half-applied)."""
 
         async def once() -> _T:
-            async with self.engine.connect() as conn:
+            async with sqlite_writer(self.engine), self.engine.connect() as conn:
                 conn = await conn.execution_options(**{SQLITE_BEGIN: "IMMEDIATE"})
                 async with conn.begin():
                     return await work(conn)

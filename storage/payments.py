@@ -16,7 +16,7 @@ from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from storage.db import SQLITE_BEGIN, insert_if_absent
+from storage.db import SQLITE_BEGIN, insert_if_absent, sqlite_writer
 from storage.models import AdminAudit, Job, Order, Payment, PromoCode, PromoRedemption, User
 
 _orders = Order.__table__  # type: ignore[attr-defined]
@@ -136,7 +136,7 @@ class PaymentStore:
             # IMMEDIATE: this reads and then writes; on SQLite a deferred reader could not
             # upgrade to a writer once another one has written.
             immediate = self.engine.execution_options(**{SQLITE_BEGIN: "IMMEDIATE"})
-            async with immediate.begin() as conn:
+            async with sqlite_writer(self.engine), immediate.begin() as conn:
                 promo = (await conn.execute(select(_promos).where(_promos.c.code == code))).first()
                 if promo is None or (_utc(promo.expires_at) or now) < now:
                     return "unknown", 0
