@@ -9,8 +9,10 @@ messages and fault points), and the ledger tests run both, on SQLite and Postgre
 The call goes over the driver's own connection (asyncpg), borrowed from SQLAlchemy's
 pool: SQLAlchemy's execute path costs about three times the client CPU of the call
 itself (measured: 507 against 170 microseconds per call), and this is the hottest
-call in the service. Its errors are handed back as SQLAlchemy's, as if SQLAlchemy
-had sent it, so retries and outage handling need not know the difference.
+call in the service. Its errors are handed back as the SQLAlchemy exceptions retries
+and outage handling know (IntegrityError, OperationalError for a dropped connection,
+else DBAPIError with the driver's error and its SQLSTATE), and a dropped connection
+is confirmed through SQLAlchemy, so its pool forgets the dead connections.
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ from storage.ledger_values import Refusal, TransferRecord, conflict, refusal_fro
 # after the user's row, after the system account's shard, after the transfer's entries.
 POINTS_PER_MOVE = ("after_account_update", "after_account_update", "after_entries")
 
-# SQLSTATE classes of a connection that is gone: 08 connection exception, 57 operator
-# intervention (the server shutting down).
-_BROKEN_CLASSES = ("08", "57")
-_UNIQUE_VIOLATION = "23505"
+# SQLSTATEs of a connection that is gone: class 08 (connection exception), and the
+# server shutting down or crashing (admin_shutdown, crash_shutdown, cannot_connect_now).
+_SERVER_GOING_AWAY = frozenset({"57P01", "57P02", "57P03"})
+# Class 23, integrity constraint violations, which SQLAlchemy raises as IntegrityError.
+_INTEGRITY_CLASS = "23"
 
 _statements: dict[tuple[str, tuple[str, ...]], str] = {}
 
@@ -76,15 +79,31 @@ def _decoded(result: Any) -> dict[str, Any]:
     return result
 
 
+def _maybe_dropped(exc: Exception) -> bool:
+    """Errors a dead connection raises. Not among them: query cancellations (57014), and
+    asyncpg's client-side DataError, a bad argument found before anything was sent
+    (a ValueError, unlike everything else asyncpg raises)."""
+    if isinstance(exc, asyncpg.PostgresError):
+        state = str(getattr(exc, "sqlstate", "") or "")
+        return state[:2] == "08" or state in _SERVER_GOING_AWAY
+    return not isinstance(exc, ValueError)
+
+
 async def _as_sqlalchemy_error(
     conn: AsyncConnection, sql: str, values: list[Any], exc: Exception
 ) -> DBAPIError:
+    if _maybe_dropped(exc):
+        # Asked through SQLAlchemy, a dead connection is seen by SQLAlchemy itself, which
+        # then replaces every pooled connection older than this one too (after a server
+        # restart all are dead; one by one, a call could spend all its retries on them).
+        try:
+            await conn.exec_driver_sql("SELECT 1")
+        except DBAPIError as probe:
+            if probe.connection_invalidated:
+                return OperationalError(sql, values, exc, connection_invalidated=True)
+            raise
     state = str(getattr(exc, "sqlstate", "") or "")
-    if not isinstance(exc, asyncpg.PostgresError) or state[:2] in _BROKEN_CLASSES:
-        # The pool must not hand this connection out again.
-        await conn.invalidate(exc)
-        return OperationalError(sql, values, exc, connection_invalidated=True)
-    if state == _UNIQUE_VIOLATION:
+    if state[:2] == _INTEGRITY_CLASS:
         return IntegrityError(sql, values, exc)
     return DBAPIError(sql, values, exc)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -82,6 +82,9 @@ class TransferRecord:
     created_at: datetime
 
 
+_TRANSFER_FIELDS = tuple(field.name for field in fields(TransferRecord))
+
+
 @dataclass(frozen=True, slots=True)
 class HoldRecord:
     id: str
@@ -139,10 +142,12 @@ def refusal_from(outcome: dict[str, Any]) -> Refusal:
 
 
 def transfer_record(data: dict[str, Any]) -> TransferRecord:
-    """From a transfers row, as SQLAlchemy returns it or as PostgreSQL's to_jsonb writes it."""
+    """From a transfers row, as SQLAlchemy returns it or as PostgreSQL's to_jsonb writes it
+    (which has every column, also any added after this record)."""
     at = data["created_at"]
     moment = datetime.fromisoformat(at) if isinstance(at, str) else at
-    return TransferRecord(**{**data, "created_at": utc(moment).astimezone(UTC)})
+    known = {name: data[name] for name in _TRANSFER_FIELDS}
+    return TransferRecord(**{**known, "created_at": utc(moment).astimezone(UTC)})
 
 
 def conflict(key: str, operation: str) -> Refusal:

@@ -2,8 +2,9 @@
 
 Retried only when the transaction certainly did not take effect, so a retry
 can never apply a write twice. A dropped connection is not among them: the
-commit may have landed before the reply was lost; the caller's own
-idempotency key makes its retry safe instead.
+commit may have landed before the reply was lost. Only calls whose own
+idempotency key makes a rerun safe (the ledger's) retry it too
+(`is_transient_duplicate_or_dropped`).
 """
 
 from __future__ import annotations

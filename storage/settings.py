@@ -61,9 +61,10 @@ class DatabaseSettings(BaseSettings):
     max_overflow: int = Field(default=10, alias="DB_MAX_OVERFLOW", ge=0)
     pool_timeout: float = Field(default=10.0, alias="DB_POOL_TIMEOUT", gt=0)
     # Off by default: a ping is one more round trip per checkout (the ledger benchmark
-    # measured a quarter fewer hold+post pairs/s with it). Without it, a connection the
-    # server dropped fails one call: ledger calls then retry on a new connection (their
-    # keys make that safe), an update gets a 503 and Telegram delivers it again.
+    # measured a quarter fewer hold+post pairs/s with it). Without it, after a server
+    # restart the first call to meet a dead connection fails, and the pool then replaces
+    # every connection older than it; ledger calls retry by themselves (their keys make
+    # that safe), an update gets a 503 and Telegram delivers it again.
     pool_pre_ping: bool = Field(default=False, alias="DB_POOL_PRE_PING")
     # Connections older than this are replaced at checkout (proxies and servers that
     # close idle connections); -1 keeps them forever.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from datetime import timedelta
 
 import pytest
@@ -21,6 +21,7 @@ from storage.ledger import (
     IdempotencyConflict,
     InsufficientFunds,
     Ledger,
+    LedgerError,
     UnknownAccount,
     UnknownHold,
 )
@@ -188,6 +189,39 @@ async def test_post_after_timeout_expires_the_hold_and_charges_nothing(
         await ledger.post("p2", "h1")
 
 
+async def test_refusals_read_the_same_on_both_databases(ledger: Ledger, clock: Clock) -> None:
+    """PostgreSQL's functions write the refusals SQLite's path writes, word for word;
+    they are stored with their keys and shown again on every retry."""
+    account = await funded(ledger, 1, 1_000)
+    refusals: list[str] = []
+
+    async def refused(call: Awaitable[object]) -> None:
+        with pytest.raises(LedgerError) as caught:
+            await call
+        refusals.append(f"{caught.value.code}: {caught.value.message}")
+
+    await refused(ledger.hold("h1", account, 5_000, expires_in=MINUTE, reason="generation"))
+    await refused(ledger.credit("c1", 999_999, 5, source="topups", reason="topup"))
+    await refused(ledger.debit("d1", 999_999, 5, destination="adjustments", reason="x"))
+    await ledger.hold("h2", account, 300, expires_in=MINUTE, reason="generation")
+    await refused(ledger.post("p1", "h2", 301))
+    await refused(ledger.post("p2", "nope"))
+    await ledger.void("v1", "h2")
+    await refused(ledger.void("v2", "h2"))
+    await ledger.hold("h3", account, 300, expires_in=MINUTE, reason="generation")
+    clock.advance(61)
+    await refused(ledger.post("p3", "h3"))
+    assert refusals == [
+        f"insufficient_funds: account {account} lacks 5000",
+        "unknown_account: no account 999999",
+        "unknown_account: no account 999999",
+        "exceeds_hold: charge 301 exceeds hold 300",
+        "unknown_hold: no hold 'nope'",
+        "hold_not_pending: hold 'h2' is already voided",
+        "hold_expired: hold 'h3' timed out at 2026-11-29 12:01:00.000000+00:00",
+    ]
+
+
 async def test_sweeper_expires_only_due_holds(ledger: Ledger, clock: Clock) -> None:
     account = await funded(ledger, 1, 10_000)
     await ledger.hold("short", account, 1_000, expires_in=MINUTE, reason="generation")
@@ -350,20 +384,30 @@ async def test_lock_conflict_mid_transfer_is_retried_without_partial_entries(
     await check_invariants(db_engine)
 
 
+POOL = 20  # more than storage.ledger.ATTEMPTS
+
+
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_connections_the_server_dropped_are_replaced_and_the_call_applies_once(
     migrated_database_url: str, postgres_admin_url: URL, clock: Clock
 ) -> None:
     """Without pool pre-ping (the default), every pooled connection may be dead after a
-    server restart: the ledger call retries on new ones, and applies once."""
+    server restart. More of them than the ledger's retries: the first failure must make
+    the pool drop them all, so the retry runs on a new connection, and applies once."""
     engine = create_engine(
-        DatabaseSettings(database_url=migrated_database_url, DB_POOL_SIZE=3, DB_POOL_PRE_PING=False)
+        DatabaseSettings(
+            database_url=migrated_database_url, DB_POOL_SIZE=POOL, DB_POOL_PRE_PING=False
+        )
     )
     try:
         ledger = Ledger(engine, clock=clock)
         account = await funded(ledger, 1, 10_000)
-        held = [engine.connect() for _ in range(3)]
-        for conn in held:  # three connections in the pool, all of them about to die
+        # Looked up once, the revenue account's id is not asked again: from here on only
+        # the ledger's own calls meet the dead connections.
+        await ledger.hold("h0", account, 1_000, expires_in=MINUTE, reason="generation")
+        await ledger.void("v0", "h0")
+        held = [engine.connect() for _ in range(POOL)]
+        for conn in held:  # a full pool, every connection of it about to die
             await conn.start()
         for conn in held:
             await conn.close()
@@ -379,7 +423,7 @@ async def test_connections_the_server_dropped_are_replaced_and_the_call_applies_
                 )
         finally:
             await admin.dispose()
-        assert killed == 3, killed
+        assert killed == POOL, killed
     except BaseException:
         await engine.dispose()
         raise
