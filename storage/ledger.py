@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import BigInteger, Select, and_, case, cast, func, insert, or_, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from storage import ledger_functions as functions
@@ -61,11 +62,7 @@ from storage.ledger_values import (
     utc,
 )
 from storage.models import Account, AccountShard, Entry, Hold, IdempotencyKey, Transfer
-from storage.retry import (
-    is_transient_duplicate_or_dropped,
-    is_transient_or_duplicate,
-    with_retries,
-)
+from storage.retry import is_transient_or_duplicate, with_retries
 
 __all__ = [
     "Balance",
@@ -96,6 +93,9 @@ SCOPE = "ledger"
 MAX_ID_LENGTH = 62  # the column holds 64: room for the "x:" of an expiry's id
 EXPIRY_PREFIX = "x:"
 ATTEMPTS = 12
+# Calls a ledger function may lose to dead connections before giving up: more than a
+# pool holds (DB_POOL_SIZE + DB_MAX_OVERFLOW), all of which a server restart kills.
+DROPPED_CONNECTIONS = 64
 BACKOFF_BASE_S = 0.005
 # Rows per system account for its running totals, chosen by the user's account id.
 # With 16 concurrent writers, a given one shares its shard with another about a fifth
@@ -175,9 +175,10 @@ class Ledger:
         self, function: str, operation: str | None, arguments: Arguments
     ) -> dict[str, Any]:
         """One call of a ledger function (PostgreSQL), a transaction by itself; run again
-        on a conflict or a dropped connection (safe: a keyed call replays, an expiry
-        finds its hold resolved). With a fault hook, the points the call went through
-        are passed inside its transaction, so a fault raised there rolls it all back."""
+        on a conflict, and at once on a dropped connection (safe: a keyed call replays,
+        an expiry finds its hold resolved). With a fault hook, the points the call went
+        through are passed inside its transaction, so a fault raised there rolls it all
+        back."""
 
         def then(result: dict[str, Any]) -> None:
             self._passed(functions.passed_points(operation, result))
@@ -191,12 +192,20 @@ class Ledger:
                     await conn.commit()
                 return await functions.call(conn, function, args, then if self.fault else None)
 
-        return await with_retries(
-            once,
-            attempts=ATTEMPTS,
-            base_s=BACKOFF_BASE_S,
-            retry_on=is_transient_duplicate_or_dropped,
-        )
+        for dropped in range(DROPPED_CONNECTIONS + 1):
+            try:
+                return await with_retries(
+                    once,
+                    attempts=ATTEMPTS,
+                    base_s=BACKOFF_BASE_S,
+                    retry_on=is_transient_or_duplicate,
+                )
+            except DBAPIError as exc:
+                # A dead connection fails at once and is dropped from the pool, so these
+                # retries cost nothing and do not use up the conflict retries.
+                if not exc.connection_invalidated or dropped == DROPPED_CONNECTIONS:
+                    raise
+        raise AssertionError("unreachable")
 
     async def _keyed(
         self,

@@ -61,14 +61,23 @@ async def call(
     assert driver is not None
     sql = _statement(function, tuple(args))
     values = list(args.values())
+    hook_raised = False
     try:
         if then is None:
             result = await driver.fetchval(sql, *values)
         else:
             async with driver.transaction():
                 result = await driver.fetchval(sql, *values)
-                then(_decoded(result))
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+                try:
+                    then(_decoded(result))
+                except BaseException:
+                    hook_raised = True
+                    raise
+    except Exception as exc:
+        # Whatever the driver raised (asyncpg also raises plain exceptions when a
+        # connection dies mid-protocol); the hook's own exceptions pass unchanged.
+        if hook_raised:
+            raise
         raise await _as_sqlalchemy_error(conn, sql, values, exc) from exc
     return _decoded(result)
 
@@ -94,14 +103,15 @@ async def _as_sqlalchemy_error(
 ) -> DBAPIError:
     if _maybe_dropped(exc):
         # Asked through SQLAlchemy, a dead connection is seen by SQLAlchemy itself, which
-        # then replaces every pooled connection older than this one too (after a server
-        # restart all are dead; one by one, a call could spend all its retries on them).
+        # then also replaces every pooled connection older than this one (after a server
+        # restart all of them are dead). A connection that answers was not dropped.
         try:
             await conn.exec_driver_sql("SELECT 1")
         except DBAPIError as probe:
-            if probe.connection_invalidated:
-                return OperationalError(sql, values, exc, connection_invalidated=True)
-            raise
+            if not probe.connection_invalidated:
+                # Broken in a way SQLAlchemy does not recognise: never hand it out again.
+                await conn.invalidate(exc)
+            return OperationalError(sql, values, exc, connection_invalidated=True)
     state = str(getattr(exc, "sqlstate", "") or "")
     if state[:2] == _INTEGRITY_CLASS:
         return IntegrityError(sql, values, exc)

@@ -3,8 +3,8 @@
 Retried only when the transaction certainly did not take effect, so a retry
 can never apply a write twice. A dropped connection is not among them: the
 commit may have landed before the reply was lost. Only calls whose own
-idempotency key makes a rerun safe (the ledger's) retry it too
-(`is_transient_duplicate_or_dropped`).
+idempotency key makes a rerun safe retry it (the ledger's PostgreSQL calls,
+`storage.ledger.Ledger._function`).
 """
 
 from __future__ import annotations
@@ -51,12 +51,6 @@ def is_transient_or_duplicate(exc: DBAPIError) -> bool:
     if not isinstance(exc, IntegrityError):
         return False
     return _sqlstate(exc) == _PG_UNIQUE_VIOLATION or "unique constraint" in str(exc.orig).lower()
-
-
-def is_transient_duplicate_or_dropped(exc: DBAPIError) -> bool:
-    """Also a dropped connection: only for calls whose own key makes a rerun safe (the
-    ledger's), since the first attempt may have committed before the reply was lost."""
-    return exc.connection_invalidated or is_transient_or_duplicate(exc)
 
 
 async def with_retries(
