@@ -2,8 +2,9 @@
 
 Run as ``python -m tests.ledger_worker``. The protocol, line by line:
 
-1. stdin: one JSON object, the job: ``url`` (the database), optional ``now`` (ISO time
-   for a fixed clock; the wall clock when absent) and ``calls``, a list of
+1. stdin: one JSON object, the job: ``url`` (the database), ``now`` (ISO time of the
+   worker's fixed clock: required, since time is an input and the test's holds were made
+   at a fixed date that the wall clock leaves behind) and ``calls``, a list of
    ``{"op": "hold" | "post" | "void" | "expire_due", ...}`` with the call's arguments
    (``expires_in`` in seconds).
 2. stdout: ``ready``, once the engine is up and its pool holds a connection per call.
@@ -99,7 +100,7 @@ async def _warm(engine: AsyncEngine, connections: int) -> None:
 async def main() -> None:
     job = json.loads(sys.stdin.readline())
     calls: list[dict[str, Any]] = job["calls"]
-    fixed = datetime.fromisoformat(job["now"]) if job.get("now") else None
+    fixed = datetime.fromisoformat(job["now"])
     settings = DatabaseSettings(
         database_url=job["url"], pool_size=max(1, len(calls)), max_overflow=5, pool_timeout=60
     )
@@ -110,7 +111,7 @@ async def main() -> None:
     retry_log.addHandler(deadlocks)
     engine = create_engine(settings)
     try:
-        ledger = Ledger(engine, clock=(lambda: fixed) if fixed is not None else None)
+        ledger = Ledger(engine, clock=lambda: fixed)
         # SQLite engines keep their default pool (5 + 10 overflow): warm what fits.
         await _warm(engine, min(len(calls), 15) if "sqlite" in job["url"] else len(calls))
         print("ready", flush=True)

@@ -119,7 +119,11 @@ def hold_call(hold_id: str, account: int, amount: int, expires_in: float = 600) 
 
 
 async def race(url: str, *jobs: Job) -> list[dict[str, Any]]:
-    """Runs one worker process per job against `url`, all released at once; their reports."""
+    """Runs one worker process per job against `url`, all released at once; their reports.
+
+    A job without its own `now` runs at START, the clock the test's holds were made
+    with: a worker on the wall clock would see those holds expire once that date passed.
+    """
     procs: list[asyncio.subprocess.Process] = []
     try:
         for job in jobs:
@@ -134,7 +138,9 @@ async def race(url: str, *jobs: Job) -> list[dict[str, Any]]:
             )
             procs.append(proc)
             assert proc.stdin is not None
-            proc.stdin.write(json.dumps({"url": url, **job}).encode() + b"\n")
+            proc.stdin.write(
+                json.dumps({"url": url, "now": START.isoformat(), **job}).encode() + b"\n"
+            )
             await proc.stdin.drain()
         for proc in procs:
             assert proc.stdout is not None and proc.stderr is not None
