@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -16,7 +17,10 @@ from engine.graph import FlowGraph
 from engine.loader import FlowError, LoadedFlow, load_flow
 from engine.paths import covering_paths, format_path
 from pricing.catalog import DEFAULT_PATH as DEFAULT_PRICING
-from trt.settings import Settings, describe, read_all
+from trt.observability.logs import configure_logging, logging_restored
+from trt.settings import Settings, describe, read_all, secret_values
+
+log = logging.getLogger("trt")
 
 
 def _load(path: Path) -> LoadedFlow | None:
@@ -172,8 +176,19 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def log_level(args: argparse.Namespace, settings: Settings) -> str:
+    """LOG_LEVEL when it is set; otherwise `trt serve` says what it does (INFO), and the
+    other commands, which talk to their user on stdout, only warn."""
+    if args.command == "serve" or "log_level" in settings.model_fields_set:
+        return settings.log_level
+    return "WARNING"
+
+
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    """The `trt` program. Every subcommand logs through the one pipeline of
+    `configure_logging` (redacted; JSON lines in production), installed once the settings
+    are read and checked. Called with `argv` (in-process, from a test), it gives the
+    caller's logging back on return."""
     try:
         top = parser()
     except ValidationError as exc:  # a malformed setting: name every one, not a traceback
@@ -185,8 +200,24 @@ def main(argv: list[str] | None = None) -> int:
             print(f"trt: {describe(exc)}", file=sys.stderr)
         return 2
     args = top.parse_args(argv)
-    result: int = args.func(args)
-    return result
+    try:
+        read = read_all()
+    except ValueError as exc:
+        print(f"trt: {exc}", file=sys.stderr)
+        return 2
+    settings = next(item for item in read if isinstance(item, Settings))
+    with logging_restored() if argv is not None else contextlib.nullcontext():
+        configure_logging(
+            level=log_level(args, settings),
+            json_lines=settings.json_logs,
+            secrets=secret_values(read),
+        )
+        try:
+            result: int = args.func(args)
+        except Exception:  # its traceback as one redacted record, not raw on stderr
+            log.exception("trt %s failed", args.command)
+            return 1
+        return result
 
 
 if __name__ == "__main__":

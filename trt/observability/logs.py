@@ -8,6 +8,11 @@ collector, a readable console in development. The correlation ids bound in
 
 Secrets are removed from the rendered line itself, after everything else, so
 that a token inside a URL, an exception message or a traceback is caught too.
+
+The pipeline's handler is the only one on the root logger: any other (one from
+`logging.basicConfig`, from an earlier call) would write each record a second
+time, unredacted, with its traceback over many lines. It counts error lines too,
+in place of the separate `ErrorCounter`.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import IO, Any
 
 import structlog
@@ -27,7 +33,6 @@ from trt.observability.metrics import ERRORS
 REDACTED = "***"
 # Shorter values would blank out ordinary words; real secrets are far longer.
 MIN_SECRET_LENGTH = 6
-_OURS = "_trt_handler"
 
 
 class Redactor:
@@ -56,25 +61,40 @@ def secrets_of_token(token: str | None) -> list[str]:
     return [token, token.partition(":")[2]]
 
 
+def _count_error(record: logging.LogRecord) -> None:
+    if record.exc_info:
+        ERRORS.labels("exception").inc()
+    report = current_report()
+    if report is not None:
+        report.errors += 1
+
+
 class ErrorCounter(logging.Handler):
     """Counts error lines: a traceback in the log is an error by definition, wherever it
-    was logged (an action, a job step, the poller), and the update in flight learns of it."""
+    was logged (an action, a job step, the poller), and the update in flight learns of it.
+    Installed only where the pipeline is not (tests); the pipeline counts them itself."""
 
     def __init__(self) -> None:
         super().__init__(level=logging.ERROR)
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.exc_info:
-            ERRORS.labels("exception").inc()
-        report = current_report()
-        if report is not None:
-            report.errors += 1
+        _count_error(record)
+
+
+class PipelineHandler(logging.StreamHandler[IO[str]]):
+    """The pipeline's output, and the error counter: one handler, so one line a record."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.ERROR:
+            _count_error(record)
+        super().emit(record)
 
 
 def install_error_counter() -> None:
-    """Idempotent: every stack in a process shares the root logger."""
+    """Idempotent: every stack in a process shares the root logger, and a pipeline
+    installed by `configure_logging` counts already."""
     root = logging.getLogger()
-    if not any(isinstance(h, ErrorCounter) for h in root.handlers):
+    if not any(isinstance(h, ErrorCounter | PipelineHandler) for h in root.handlers):
         root.addHandler(ErrorCounter())
 
 
@@ -90,8 +110,10 @@ def configure_logging(
     secrets: Iterable[str] = (),
     stream: IO[str] | None = None,
 ) -> logging.Handler:
-    """Installs the pipeline on the root logger (replacing one installed before) and
-    returns its handler; `stream` defaults to stderr."""
+    """Installs the pipeline as the root logger's only handler and returns it; `stream`
+    defaults to stderr. Every handler there before is removed (one of an earlier call,
+    `logging.basicConfig`'s, the `ErrorCounter`), so calling it again replaces the
+    pipeline rather than adding a second one."""
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -111,16 +133,14 @@ def configure_logging(
         final.append(structlog.processors.format_exc_info)
     final += [renderer, Redactor(secrets)]
     formatter = structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processors=final)
-    handler = logging.StreamHandler(target)
+    handler = PipelineHandler(target)
     handler.setFormatter(formatter)
-    setattr(handler, _OURS, True)
 
     root = logging.getLogger()
-    for old in [h for h in root.handlers if getattr(h, _OURS, False)]:
+    for old in root.handlers[:]:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    install_error_counter()
     # We log one line per update and per request ourselves, with the ids.
     logging.getLogger("aiogram.event").setLevel(logging.WARNING)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
@@ -132,3 +152,25 @@ def configure_logging(
         cache_logger_on_first_use=True,
     )
     return handler
+
+
+@contextmanager
+def logging_restored() -> Iterator[None]:
+    """Puts the root logger's handlers and level, and structlog's configuration, back as
+    they were on exit: for a caller whose process is not ours to configure for good (a
+    test calling the command line in-process)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    config, configured = structlog.get_config(), structlog.is_configured()
+    try:
+        yield
+    finally:
+        for handler in root.handlers[:]:
+            root.removeHandler(handler)
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level)
+        if configured:
+            structlog.configure(**config)
+        else:
+            structlog.reset_defaults()
