@@ -4,6 +4,10 @@ The secret token header is compared in constant time before the body is even
 read: a forged request gets 401 and nothing is parsed or stored. The answer
 is 2xx only when `UpdateProcessor` says the update was handled (or was handled
 before); otherwise 503, and Telegram delivers the update again later.
+
+A body that is not an update (too large, nested too deep, an id beyond 64 bits, not a
+JSON object, not UTF-8) gets a 4xx and one log line, never a traceback: only Telegram
+knows the secret, yet whoever has it must not be able to flood the log.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ import logging
 
 from aiogram.types import Update
 from aiohttp import web
+from pydantic import ValidationError
 
+from engine.json_body import BodyRefused, read_json_object
 from engine.webhook import WEBHOOK_PATH
 from trt.updates import UpdateProcessor
 
@@ -21,6 +27,13 @@ log = logging.getLogger("trt.webhook")
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 MAX_UPDATE_BYTES = 1024 * 1024
+
+
+def _where(exc: ValueError) -> str:
+    """Which fields are wrong, never their values: those are a user's messages."""
+    if not isinstance(exc, ValidationError):
+        return type(exc).__name__
+    return ", ".join(sorted({".".join(map(str, e["loc"])) or "body" for e in exc.errors()})[:5])
 
 
 def add_telegram_webhook(
@@ -38,11 +51,15 @@ def add_telegram_webhook(
             return web.json_response({"ok": False}, status=401)
         if processor.draining:
             return web.json_response({"ok": False, "error": "shutting down"}, status=503)
-        if (request.content_length or 0) > MAX_UPDATE_BYTES:
-            return web.json_response({"ok": False, "error": "too large"}, status=413)
         try:
-            update = Update.model_validate(await request.json(), context={"bot": processor.bot})
-        except ValueError:
+            body = await read_json_object(request, MAX_UPDATE_BYTES)
+            update = Update.model_validate(body, context={"bot": processor.bot})
+        except BodyRefused as exc:
+            log.info("webhook request refused: %s", exc.reason)
+            error = "too large" if exc.status == 413 else "not an update"
+            return web.json_response({"ok": False, "error": error}, status=exc.status)
+        except ValueError as exc:  # pydantic's ValidationError among them
+            log.info("webhook request refused: not an update (%s)", _where(exc))
             return web.json_response({"ok": False, "error": "not an update"}, status=400)
         try:
             handled = await processor.process(update)
