@@ -82,6 +82,12 @@ def register_account_screens(registry: Registry, services: Callable[[], Services
             raise LookupError(f"job {ctx.data.get('job')!r} is not this user's")
         caption = ctx.text("result_caption").format(model=_title(job))
         await deliver_result(
-            ctx.bot, ctx.chat_id, job.kind, job.result_urls, caption, ctx.text("result_link")
+            ctx.bot,
+            ctx.chat_id,
+            job.kind,
+            job.result_urls,
+            caption,
+            ctx.text("result_link"),
+            fetcher=services().generation.fetcher,
         )
         return None

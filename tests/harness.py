@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from engine.loader import LoadedFlow
 from engine.local.bot_api_server import Call, FakeBotAPI
@@ -191,6 +192,13 @@ def screen_pattern(flow: LoadedFlow, state: str, locale: str) -> re.Pattern[str]
     return re.compile(regex.replace(re.escape("{{"), r"\{").replace(re.escape("}}"), r"\}"), re.S)
 
 
+def kie_host(kie: FakeKie) -> str:
+    """The fake KIE's host, for RESULT_FETCH_ALLOW (its results are on a loopback address)."""
+    host = URL(kie.base_url).host
+    assert host is not None
+    return host
+
+
 @asynccontextmanager
 async def running_stack(
     store: StateStore | None = None,
@@ -234,6 +242,8 @@ async def running_stack(
             KIE_BASE_URL=kie.base_url,
             PUBLIC_BASE_URL=url,
             POLL_INTERVAL_S=0.2,
+            # The fake KIE serves its results from 127.0.0.1: let delivery download them.
+            RESULT_FETCH_ALLOW=kie_host(kie),
         )
         bot = build_bot(token, api.base_url)
         exits.push_async_callback(bot.session.close)

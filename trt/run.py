@@ -17,6 +17,7 @@ import sys
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from yarl import URL
 
 from engine.local.bot_api_server import FakeBotAPI
 from engine.local.terminal_chat import run_terminal_chat
@@ -66,6 +67,9 @@ async def run_bot(settings: Settings) -> int:
         if generation.kie_api_key is None:
             fake_kie = await exits.enter_async_context(FakeKie())
             generation.kie_api_key, generation.kie_base_url = fake_kie.api_key, fake_kie.base_url
+            # Its results are on 127.0.0.1, which result downloads refuse unless allowed.
+            fake_host = URL(fake_kie.base_url).host or "127.0.0.1"
+            generation.result_fetch_allow = (*generation.result_fetch_allow, fake_host)
             print(f"No KIE_API_KEY: a local KIE runs at {fake_kie.base_url}.")
         if generation.public_base_url is None and local:
             generation.public_base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"

@@ -2,7 +2,10 @@
 
 By URL first (Telegram fetches it, nothing passes through us); when Telegram
 cannot fetch or use the URL, we download the file and upload it; when that
-fails too, the user still gets a link. Never silence.
+fails too, or the download is refused, the user still gets a link. Never silence.
+
+The download goes through a ResultFetcher (flows.generation.safe_fetch): the URL
+comes from KIE, so only public addresses are fetched, unless allow-listed.
 """
 
 from __future__ import annotations
@@ -10,14 +13,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import aiohttp
 from aiogram import Bot
 from aiogram.exceptions import TelegramBadRequest, TelegramNetworkError
 from aiogram.types import BufferedInputFile
 
-log = logging.getLogger(__name__)
+from flows.generation.safe_fetch import FetchError, FetchRefused, ResultFetcher
 
-MAX_UPLOAD_BYTES = 50 * 1024 * 1024  # Telegram's upload limit for bots
+log = logging.getLogger(__name__)
 
 
 def media_kind(kind: str) -> str:
@@ -43,23 +45,33 @@ async def _send(bot: Bot, kind: str, chat_id: int, media: Any, caption: str) -> 
             await bot.send_document(chat_id, media, caption=caption)
 
 
-async def _download(url: str) -> bytes | None:
-    timeout = aiohttp.ClientTimeout(total=120)
+async def _download(fetcher: ResultFetcher, url: str) -> bytes | None:
+    """The file's bytes, or None (logged in one line, no traceback): a link goes instead."""
     try:
-        async with aiohttp.ClientSession(timeout=timeout) as http, http.get(url) as resp:
-            if resp.status != 200:
-                return None
-            body = await resp.content.read(MAX_UPLOAD_BYTES + 1)
-            return body if len(body) <= MAX_UPLOAD_BYTES else None
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        log.warning("download of a result failed: %s", exc)
-        return None
+        return await fetcher.fetch(url)
+    except FetchRefused as exc:
+        log.warning("download of a result refused: %s; sending a link", exc)
+    except FetchError as exc:
+        log.warning("download of a result failed: %s; sending a link", exc)
+    return None
 
 
 async def deliver_result(
-    bot: Bot, chat_id: int, kind: str, urls: list[str], caption: str, link_text: str
+    bot: Bot,
+    chat_id: int,
+    kind: str,
+    urls: list[str],
+    caption: str,
+    link_text: str,
+    *,
+    fetcher: ResultFetcher | None = None,
 ) -> str:
-    """Sends every result file; returns how the last one went: "url", "upload" or "link"."""
+    """Sends every result file; returns how the last one went: "url", "upload" or "link".
+
+    `fetcher` downloads what Telegram refuses by URL; none: production's, which fetches
+    from the public internet only.
+    """
+    fetcher = fetcher or ResultFetcher()
     how = "url"
     for url in urls:
         try:
@@ -68,7 +80,7 @@ async def deliver_result(
             continue
         except (TelegramBadRequest, TelegramNetworkError) as exc:
             log.info("Telegram refused the result by URL (%s), uploading it", exc)
-        body = await _download(url)
+        body = await _download(fetcher, url)
         if body is not None:
             name = url.rsplit("/", 1)[-1].split("?", 1)[0] or "result"
             try:

@@ -31,6 +31,7 @@ from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError
 
 from flows.generation.delivery import deliver_result
+from flows.generation.safe_fetch import ResultFetcher
 from flows.generation.settings import GenerationSettings
 from kie.client import KieClient
 from kie.errors import CreateOutcomeUnknown, KieError, NotFound
@@ -103,6 +104,8 @@ class GenerationService:
         self.text = text
         self.settings = settings
         self.clock = clock or (lambda: datetime.now(UTC))
+        # Downloads results Telegram refuses by URL: public addresses and RESULT_FETCH_ALLOW.
+        self.fetcher = ResultFetcher(settings.fetch_policy)
         self._tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------ start
@@ -296,7 +299,15 @@ class GenerationService:
         caption = self.text("result_caption", job.locale).format(model=title)
         link = self.text("result_link", job.locale)
         try:
-            await deliver_result(self.bot, job.chat_id, job.kind, job.result_urls, caption, link)
+            await deliver_result(
+                self.bot,
+                job.chat_id,
+                job.kind,
+                job.result_urls,
+                caption,
+                link,
+                fetcher=self.fetcher,
+            )
         except TelegramAPIError as exc:
             # The user blocked the bot or the chat is gone: the result exists, so it is sold.
             log.warning("job %s: delivery failed for good: %s", job.id, exc)

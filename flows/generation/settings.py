@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from flows.generation.safe_fetch import FetchPolicy
 
 
 class GenerationSettings(BaseSettings):
@@ -22,6 +25,30 @@ class GenerationSettings(BaseSettings):
     poll_interval_s: float = Field(default=3, alias="POLL_INTERVAL_S", gt=0)
     poll_max_interval_s: float = Field(default=30, alias="POLL_MAX_INTERVAL_S", gt=0)
     sweep_interval_s: float = Field(default=15, alias="SWEEP_INTERVAL_S", gt=0)
+    # Comma-separated hosts, IP addresses or networks that result files may be downloaded
+    # from although they are not public (flows.generation.safe_fetch). Empty in
+    # production; `trt run` and the tests add their local fake KIE.
+    result_fetch_allow: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), alias="RESULT_FETCH_ALLOW"
+    )
+
+    @field_validator("result_fetch_allow", mode="before")
+    @classmethod
+    def _split(cls, raw: object) -> object:
+        if isinstance(raw, str):
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+        return raw
+
+    @field_validator("result_fetch_allow")
+    @classmethod
+    def _valid_entries(cls, entries: tuple[str, ...]) -> tuple[str, ...]:
+        FetchPolicy.from_entries(entries)  # ValueError names a bad entry
+        return entries
+
+    @property
+    def fetch_policy(self) -> FetchPolicy:
+        """What result downloads may reach: the public internet and RESULT_FETCH_ALLOW."""
+        return FetchPolicy.from_entries(self.result_fetch_allow)
 
     @property
     def job_timeout(self) -> timedelta:
