@@ -49,7 +49,9 @@ def register_account_screens(registry: Registry, services: Callable[[], Services
     @registry.data("balance_info")
     async def balance_info(ctx: Context) -> Mapping[str, object]:
         ledger = services().ledger
-        account = await services().account(ctx.user_id, ctx.locale)
+        account = await services().existing_account(ctx.user_id)
+        if account is None:
+            return {"balance": rub(0), "on_hold": rub(0), "movements": ctx.text("movements_empty")}
         balance = await ledger.balance(account)
         lines = [x for x in await ledger.statement(account, limit=20) if x.posted][:MOVEMENTS]
         movements = "\n".join(_movement(ctx, line) for line in lines)

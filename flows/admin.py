@@ -2,26 +2,206 @@
 
 To anyone else they do not exist: the router's filter lets their messages
 fall through to the engine, which answers as it does any unknown command.
-Every command an admin runs is written to the audit table with its result.
+
+Exactly once (docs/MONEY.md): every command is keyed by what caused it, the
+admin's chat and message id, never by chance. That key is the ledger id of a
+/credit or /debit and the audit row's key, and the audit row commits in the
+transfer's own transaction; so when Telegram delivers a command again (the
+reply failed, the process died) the transfer replays, the audit row is found,
+and the admin gets the same answer without a second credit. Every command,
+accepted or refused, leaves exactly one audit row; a refusal says what was
+wrong with which argument.
 """
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Awaitable, Callable
+import math
+from collections.abc import Callable
 from datetime import timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
 
 from aiogram import F, Router
 from aiogram.filters import Command, CommandObject
 from aiogram.types import Message
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from flows.generation.service import rub
 from flows.payments.service import PaymentsService
 from flows.services import Services
 from pricing.catalog import rub_to_kopecks
-from storage.ledger import LedgerError
+from storage.ledger import LedgerError, TransferRecord
+from storage.ledger_values import Refusal
+from storage.payments import audit_row, write_audit
+from storage.users import find_account
 
-Reply = Callable[[Message, str, str], Awaitable[None]]
+# Telegram user ids are positive and fit in 64 bits (the users table's BIGINT).
+MAX_USER_ID = 2**63 - 1
+# Larger amounts are typos, not adjustments: a million rubles.
+MAX_RUB = Decimal(1_000_000)
+MAX_USES = 1_000_000
+MAX_DAYS = 3650.0
+PROMO_CODE_LENGTH = (3, 32)
+
+
+class Refused(Exception):
+    """A command refused before it did anything; carries the text key of the reason."""
+
+    def __init__(self, key: str, **values: Any) -> None:
+        super().__init__(key)
+        self.key = key
+        self.values = values
+
+
+def parse_user_id(raw: str) -> int:
+    try:
+        user_id = int(raw)
+    except ValueError:
+        raise Refused("admin_bad_user_id", value=raw[:40]) from None
+    if not 0 < user_id <= MAX_USER_ID:
+        raise Refused("admin_bad_user_id", value=raw[:40])
+    return user_id
+
+
+def parse_rubles(raw: str) -> int:
+    """Kopecks of a positive, finite ruble amount of at most MAX_RUB."""
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        raise Refused("admin_bad_amount", value=raw[:40]) from None
+    if not value.is_finite() or not 0 < value <= MAX_RUB:
+        raise Refused("admin_bad_amount", value=raw[:40])
+    return rub_to_kopecks(raw)
+
+
+def parse_uses(raw: str) -> int:
+    try:
+        uses = int(raw)
+    except ValueError:
+        raise Refused("admin_bad_uses", value=raw[:40]) from None
+    if not 0 < uses <= MAX_USES:
+        raise Refused("admin_bad_uses", value=raw[:40])
+    return uses
+
+
+def parse_days(raw: str) -> float:
+    try:
+        days = float(raw)
+    except ValueError:
+        raise Refused("admin_bad_days", value=raw[:40]) from None
+    if not math.isfinite(days) or not 0 < days <= MAX_DAYS:
+        raise Refused("admin_bad_days", value=raw[:40])
+    return days
+
+
+def parse_code(raw: str) -> str:
+    code = raw.upper()
+    low, high = PROMO_CODE_LENGTH
+    if not low <= len(code) <= high or not code.replace("_", "").replace("-", "").isalnum():
+        raise Refused("admin_bad_code", value=raw[:40])
+    return code
+
+
+def arguments(command: CommandObject, count: int, usage: str) -> list[str]:
+    """The first `count` words of the arguments (the last one takes the rest)."""
+    parts = (command.args or "").split(maxsplit=count - 1)
+    if len(parts) < count:
+        raise Refused(usage)
+    return parts
+
+
+class AdminCommands:
+    """The commands' logic, one small method each; the router only dispatches."""
+
+    def __init__(self, services: Services, payments: PaymentsService) -> None:
+        self.services = services
+        self.payments = payments
+        self.text: Callable[[str, str], str] = payments.text
+
+    def say(self, key: str, **values: Any) -> str:
+        return self.text(key, "ru").format(**values)
+
+    async def stats(self, _command: CommandObject, _key: str) -> str:
+        s = await self.payments.store.stats()
+        jobs = ", ".join(f"{k}: {v}" for k, v in sorted(s["jobs"].items())) or "-"
+        return self.say(
+            "admin_stats",
+            users=s["users"],
+            payments=s["payments"],
+            credited=rub(s["credited"]),
+            jobs=jobs,
+        )
+
+    async def known_account(self, user_id: int) -> int:
+        account = await find_account(self.services.db, user_id)
+        if account is None:
+            raise Refused("admin_unknown_user", user=user_id)
+        return account
+
+    async def user(self, command: CommandObject, _key: str) -> str:
+        (raw,) = arguments(command, 1, "admin_usage_user")
+        user_id = parse_user_id(raw.strip())
+        balance = await self.services.ledger.balance(await self.known_account(user_id))
+        jobs = await self.services.jobs.recent(user_id, 5)
+        return self.say(
+            "admin_user",
+            user=user_id,
+            available=rub(balance.available),
+            on_hold=rub(balance.pending),
+            jobs=", ".join(f"{j.model_id}:{j.state}" for j in jobs) or "-",
+        )
+
+    async def adjust(self, command: CommandObject, key: str, audit: dict[str, Any]) -> str:
+        """/credit and /debit: the transfer and its audit row in one transaction."""
+        raw_user, raw_amount, reason = arguments(command, 3, f"admin_usage_{command.command}")
+        user_id, amount = parse_user_id(raw_user), parse_rubles(raw_amount)
+        account = await self.known_account(user_id)
+
+        async def audited(conn: AsyncConnection, outcome: TransferRecord | Refusal) -> None:
+            result = (
+                self.say("admin_refused", reason=outcome.error.message)
+                if isinstance(outcome, Refusal)
+                else f"{command.command} {rub(amount)} -> {user_id} ({outcome.id})"
+            )
+            await write_audit(conn, {**audit, "result": result[:500]})
+
+        ledger = self.services.ledger
+        note = reason[:200]
+        try:
+            if command.command == "credit":
+                await ledger.credit(
+                    key, account, amount, source="adjustments", reason="admin", note=note,
+                    also=audited,
+                )
+            else:
+                await ledger.debit(
+                    key, account, amount, destination="adjustments", reason="admin", note=note,
+                    also=audited,
+                )
+        except LedgerError as exc:
+            return self.say("admin_refused", reason=exc.message)
+        balance = await ledger.balance(account)
+        return self.say("admin_adjusted", user=user_id, available=rub(balance.available))
+
+    async def refund(self, command: CommandObject, key: str) -> str:
+        (charge_id,) = arguments(command, 1, "admin_usage_refund")
+        return self.say(await self.payments.refund(charge_id.strip(), key))
+
+    async def promo(self, command: CommandObject, _key: str, admin_id: int) -> str:
+        parts = (command.args or "").split()
+        if not 3 <= len(parts) <= 4:
+            raise Refused("admin_usage_promo")
+        code, amount, uses = parse_code(parts[0]), parse_rubles(parts[1]), parse_uses(parts[2])
+        days = parse_days(parts[3]) if len(parts) == 4 else None
+        store = self.payments.store
+        made = await store.create_promo(
+            code=code,
+            amount=amount,
+            max_uses=uses,
+            expires_at=store.clock() + timedelta(days=days) if days else None,
+            created_by=admin_id,
+        )
+        return self.say("admin_promo_made" if made else "admin_promo_exists", code=code)
 
 
 def admin_router(
@@ -29,122 +209,37 @@ def admin_router(
 ) -> Router:
     router = Router(name="admin")
     router.message.filter(F.from_user.id.in_(admin_ids))
-    text = payments.text
+    commands = AdminCommands(services, payments)
 
-    async def reply(message: Message, command: CommandObject, result: str) -> None:
+    async def run(message: Message, command: CommandObject) -> None:
+        """Runs one command: the answer, and its one audit row, whatever happens."""
         assert message.from_user is not None
-        await payments.store.audit(
-            message.from_user.id, command.command, command.args or "", result
+        key = f"adm:{message.chat.id}:{message.message_id}"
+        audit = audit_row(
+            key=key,
+            admin_id=message.from_user.id,
+            command=command.command,
+            args=command.args or "",
+            result="",
+            at=payments.store.clock(),
         )
+        try:
+            match command.command:
+                case "credit" | "debit":
+                    result = await commands.adjust(command, key, audit)
+                case "promo":
+                    result = await commands.promo(command, key, message.from_user.id)
+                case "stats":
+                    result = await commands.stats(command, key)
+                case "user":
+                    result = await commands.user(command, key)
+                case _:
+                    result = await commands.refund(command, key)
+        except Refused as refused:
+            result = commands.say(refused.key, **refused.values)
+        # Found already when the command's transfer wrote it, or on a redelivery.
+        await payments.store.audit({**audit, "result": result[:500]})
         await message.answer(result, parse_mode=None)
 
-    def usage(name: str) -> str:
-        return text(f"admin_usage_{name}", "ru")
-
-    @router.message(Command("stats"))
-    async def stats(message: Message, command: CommandObject) -> None:
-        s = await payments.store.stats()
-        jobs = ", ".join(f"{k}: {v}" for k, v in sorted(s["jobs"].items())) or "-"
-        await reply(
-            message,
-            command,
-            text("admin_stats", "ru").format(
-                users=s["users"], payments=s["payments"], credited=rub(s["credited"]), jobs=jobs
-            ),
-        )
-
-    @router.message(Command("user"))
-    async def user(message: Message, command: CommandObject) -> None:
-        try:
-            user_id = int((command.args or "").strip())
-        except ValueError:
-            await reply(message, command, usage("user"))
-            return
-        account = await services.account(user_id, "ru")
-        balance = await services.ledger.balance(account)
-        jobs = await services.jobs.recent(user_id, 5)
-        await reply(
-            message,
-            command,
-            text("admin_user", "ru").format(
-                user=user_id,
-                available=rub(balance.available),
-                on_hold=rub(balance.pending),
-                jobs=", ".join(f"{j.model_id}:{j.state}" for j in jobs) or "-",
-            ),
-        )
-
-    async def adjust(message: Message, command: CommandObject, sign: int) -> None:
-        parts = (command.args or "").split(maxsplit=2)
-        try:
-            user_id, amount = int(parts[0]), rub_to_kopecks(parts[1])
-            reason = parts[2]
-        except (IndexError, ValueError, ArithmeticError):
-            await reply(message, command, usage(command.command))
-            return
-        account = await services.account(user_id, "ru")
-        op = f"adm:{secrets.token_hex(8)}"
-        try:
-            if sign > 0:
-                await services.ledger.credit(
-                    op, account, amount, source="adjustments", reason="admin", note=reason[:200]
-                )
-            else:
-                await services.ledger.debit(
-                    op,
-                    account,
-                    amount,
-                    destination="adjustments",
-                    reason="admin",
-                    note=reason[:200],
-                )
-        except (LedgerError, ValueError) as exc:
-            await reply(message, command, text("admin_refused", "ru").format(reason=exc))
-            return
-        balance = await services.ledger.balance(account)
-        await reply(
-            message,
-            command,
-            text("admin_adjusted", "ru").format(user=user_id, available=rub(balance.available)),
-        )
-
-    @router.message(Command("credit"))
-    async def credit(message: Message, command: CommandObject) -> None:
-        await adjust(message, command, +1)
-
-    @router.message(Command("debit"))
-    async def debit(message: Message, command: CommandObject) -> None:
-        await adjust(message, command, -1)
-
-    @router.message(Command("refund"))
-    async def refund(message: Message, command: CommandObject) -> None:
-        charge_id = (command.args or "").strip()
-        if not charge_id:
-            await reply(message, command, usage("refund"))
-            return
-        await reply(message, command, text(await payments.refund(charge_id), "ru"))
-
-    @router.message(Command("promo"))
-    async def promo(message: Message, command: CommandObject) -> None:
-        parts = (command.args or "").split()
-        try:
-            code, amount, uses = parts[0].upper(), rub_to_kopecks(parts[1]), int(parts[2])
-            days = float(parts[3]) if len(parts) > 3 else None
-            if not 3 <= len(code) <= 32 or amount <= 0 or uses <= 0:
-                raise ValueError(code)
-        except (IndexError, ValueError, ArithmeticError):
-            await reply(message, command, usage("promo"))
-            return
-        assert message.from_user is not None
-        now = payments.store.clock()
-        made = await payments.store.create_promo(
-            code=code,
-            amount=amount,
-            max_uses=uses,
-            expires_at=now + timedelta(days=days) if days else None,
-            created_by=message.from_user.id,
-        )
-        key = "admin_promo_made" if made else "admin_promo_exists"
-        await reply(message, command, text(key, "ru").format(code=code))
-
+    router.message.register(run, Command("stats", "user", "credit", "debit", "refund", "promo"))
     return router

@@ -16,7 +16,7 @@ from flows.generation.service import GenerationService
 from flows.payments.service import PaymentsService
 from storage.jobs import JobStore
 from storage.ledger import Ledger
-from storage.users import ensure_user
+from storage.users import ensure_user, find_account
 
 
 @dataclass
@@ -59,4 +59,10 @@ class Services:
         return self._generation
 
     async def account(self, user_id: int, locale: str) -> int:
+        """The user's account, created on first use: for writes that need one."""
         return await ensure_user(self.db, user_id, language=locale)
+
+    async def existing_account(self, user_id: int) -> int | None:
+        """The user's account if there is one: for screens, which only read (a read that
+        wrote would take SQLite's write lock on every render)."""
+        return await find_account(self.db, user_id)

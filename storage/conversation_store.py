@@ -20,7 +20,7 @@ from sqlalchemy.sql.dml import Insert, Update
 
 from engine.store import Snapshot
 from storage import retry
-from storage.db import insert_if_absent
+from storage.db import insert_if_absent, write_transaction
 from storage.models import ConversationState
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ class SqlStateStore:
             params["expected"] = expected_counter
 
         async def run() -> bool:
-            async with self._engine.begin() as conn:
+            async with write_transaction(self._engine) as conn:
                 result = await conn.execute(statement, params)
             return result.rowcount == 1
 

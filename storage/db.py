@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import time
 import weakref
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,12 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, PoolProxiedConnection
 from sqlalchemy.sql.dml import Insert
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -153,6 +159,22 @@ def sqlite_writer(engine: AsyncEngine) -> contextlib.AbstractAsyncContextManager
         return contextlib.nullcontext()
     per_loop = _writer_locks.setdefault(engine.sync_engine, weakref.WeakKeyDictionary())
     return per_loop.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+
+
+@contextlib.asynccontextmanager
+async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """The one way to write: a transaction that is a writer from its first statement.
+
+    On SQLite a DEFERRED transaction that reads and then writes must upgrade its lock,
+    and SQLite refuses an upgrade at once ("database is locked", busy_timeout does not
+    apply) when another connection has written meanwhile: concurrent first contacts
+    failed that way. BEGIN IMMEDIATE takes the write lock up front, and this process's
+    writers queue on `sqlite_writer` instead of polling SQLite's lock. On PostgreSQL it
+    is a plain transaction."""
+    async with sqlite_writer(engine):
+        immediate = engine.execution_options(**{SQLITE_BEGIN: "IMMEDIATE"})
+        async with immediate.begin() as conn:
+            yield conn
 
 
 def create_engine(settings: DatabaseSettings | None = None) -> AsyncEngine:

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from storage.db import insert_if_absent
+from storage.db import insert_if_absent, write_transaction
 from storage.models import JOB_FINAL_STATES, Job, JobEvent
 
 _jobs = Job.__table__  # type: ignore[attr-defined]
@@ -83,7 +83,7 @@ class JobStore:
             "updated_at": now,
             **values,
         }
-        async with self.engine.begin() as conn:
+        async with write_transaction(self.engine) as conn:
             made = await conn.execute(insert_if_absent(conn.dialect.name, _jobs, ["key"], row))
             if made.rowcount == 1:
                 await conn.execute(
@@ -108,7 +108,7 @@ class JobStore:
     ) -> JobRecord | None:
         """Moves the job to `to` if it is in one of `expected`; None when another won."""
         now = self.clock()
-        async with self.engine.begin() as conn:
+        async with write_transaction(self.engine) as conn:
             moved = await conn.execute(
                 update(_jobs)
                 .where(_jobs.c.id == job_id, _jobs.c.state.in_(tuple(expected)))
@@ -126,7 +126,7 @@ class JobStore:
 
     async def update(self, job_id: str, **changes: Any) -> None:
         """Bookkeeping that is not a state change (poll count, next check, progress message)."""
-        async with self.engine.begin() as conn:
+        async with write_transaction(self.engine) as conn:
             await conn.execute(
                 update(_jobs).where(_jobs.c.id == job_id).values(updated_at=self.clock(), **changes)
             )

@@ -105,6 +105,9 @@ TOTALS = ("debits_pending", "debits_posted", "credits_pending", "credits_posted"
 
 # What a keyed operation's PostgreSQL function takes beyond id, hash, clock and shards.
 Arguments = Callable[[AsyncConnection, datetime], Awaitable[dict[str, Any]]]
+# Writes that belong to a transfer (its audit row, the promo claim it pays): run in the
+# transfer's own transaction with its fresh outcome, never on a replay.
+Companion = Callable[[AsyncConnection, "TransferRecord | Refusal"], Awaitable[None]]
 
 
 # ------------------------------------------------------------------ helpers
@@ -172,13 +175,17 @@ class Ledger:
         )
 
     async def _function(
-        self, function: str, operation: str | None, arguments: Arguments
+        self,
+        function: str,
+        operation: str | None,
+        arguments: Arguments,
+        also: Callable[[AsyncConnection, dict[str, Any]], Awaitable[None]] | None = None,
     ) -> dict[str, Any]:
         """One call of a ledger function (PostgreSQL), a transaction by itself; run again
         on a conflict, and at once on a dropped connection (safe: a keyed call replays,
         an expiry finds its hold resolved). With a fault hook, the points the call went
         through are passed inside its transaction, so a fault raised there rolls it all
-        back."""
+        back. With `also`, the call and `also(conn, result)` share one transaction."""
 
         def then(result: dict[str, Any]) -> None:
             self._passed(functions.passed_points(operation, result))
@@ -187,6 +194,15 @@ class Ledger:
             async with self.engine.connect() as conn:
                 now = self.clock()
                 args = {"now": now, "shards": SHARDS, **await arguments(conn, now)}
+                if also is not None:
+                    if not conn.in_transaction():
+                        await conn.begin()
+                    result = await functions.call_in_transaction(conn, function, args)
+                    if self.fault:
+                        then(result)
+                    await also(conn, result)
+                    await conn.commit()
+                    return result
                 if conn.in_transaction():
                     # A lookup for the arguments began one; the call must not run inside it.
                     await conn.commit()
@@ -214,9 +230,12 @@ class Ledger:
         params: dict[str, Any],
         work: Callable[[AsyncConnection, datetime], Awaitable[TransferRecord | Refusal]],
         arguments: Arguments,
+        also: Companion | None = None,
     ) -> TransferRecord:
         """Runs `work` (or on PostgreSQL its function, with `arguments`) once per key;
-        later calls replay its outcome (I6, I9)."""
+        later calls replay its outcome (I6, I9). `also` runs in the same transaction
+        when the outcome is new (a transfer or a refusal, not a replay), so what it
+        writes commits with the money or not at all; raising there undoes the call."""
         _check_id(key)
         digest = _request_hash(operation, params)
 
@@ -248,10 +267,18 @@ class Ledger:
                     scope=SCOPE, key=key, request_hash=digest, outcome=outcome, created_at=now
                 )
             )
+            if also is not None:
+                await also(conn, result)
             return result
 
+        async def also_called(conn: AsyncConnection, called: dict[str, Any]) -> None:
+            if also is not None and "replay" not in called and "conflict" not in called:
+                await also(conn, functions.outcome(called, operation, key))
+
         if self._functions:
-            called = await self._function(f"ledger_{operation}", operation, keyed)
+            called = await self._function(
+                f"ledger_{operation}", operation, keyed, also_called if also else None
+            )
             result = functions.outcome(called, operation, key)
         else:
             result = await self._transaction(attempt)
@@ -367,8 +394,10 @@ class Ledger:
         source: str,
         reason: str,
         note: str | None = None,
+        also: Companion | None = None,
     ) -> TransferRecord:
-        """Money in: from system account `source` (topups, bonus, adjustments) to the user."""
+        """Money in: from system account `source` (topups, bonus, adjustments) to the user.
+        `also`: writes that commit with it (see `_keyed`)."""
         _check_amount(amount)
         params = {"account": account_id, "amount": amount, "source": source, "reason": reason}
 
@@ -401,7 +430,7 @@ class Ledger:
             src = await self._system_account(conn, source)
             return dict(account=account_id, amount=amount, source=src, reason=reason, note=note)
 
-        return await self._keyed("credit", transfer_id, params, work, arguments)
+        return await self._keyed("credit", transfer_id, params, work, arguments, also)
 
     async def debit(
         self,
@@ -412,8 +441,10 @@ class Ledger:
         destination: str,
         reason: str,
         note: str | None = None,
+        also: Companion | None = None,
     ) -> TransferRecord:
-        """Money out of available balance at once (admin debit, refund); never below zero."""
+        """Money out of available balance at once (admin debit, refund); never below zero.
+        `also`: writes that commit with it (see `_keyed`)."""
         _check_amount(amount)
         params = {"account": account_id, "amount": amount, "dest": destination, "reason": reason}
 
@@ -447,7 +478,7 @@ class Ledger:
                 account=account_id, amount=amount, destination=dst, reason=reason, note=note
             )
 
-        return await self._keyed("debit", transfer_id, params, work, arguments)
+        return await self._keyed("debit", transfer_id, params, work, arguments, also)
 
     async def hold(
         self,

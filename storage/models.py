@@ -358,8 +358,11 @@ class Payment(SQLModel, table=True):
     __tablename__ = "payments"
 
     charge_id: str = Field(sa_column=Column(String(128), primary_key=True))
-    order_id: str = Field(
-        sa_column=Column(String(32), ForeignKey("orders.id"), nullable=False, index=True)
+    # None for an orphan: Telegram took the money for an order this bot does not know.
+    # It credits nothing (credit 0), and /refund gives the Stars back.
+    order_id: str | None = Field(
+        default=None,
+        sa_column=Column(String(32), ForeignKey("orders.id"), nullable=True, index=True),
     )
     user_id: int = Field(
         sa_column=Column(BigInteger, ForeignKey("users.id"), nullable=False, index=True)
@@ -371,6 +374,9 @@ class Payment(SQLModel, table=True):
         default=None, sa_column=Column(String(128), nullable=True)
     )
     refunded_at: datetime | None = _utc_column(nullable=True)
+    # The cause of the refund that marked it (the admin's command): a redelivery of that
+    # command resumes the refund it started instead of calling it a second refund.
+    refund_key: str | None = Field(default=None, sa_column=Column(String(64), nullable=True))
     created_at: datetime = _utc_column()
 
 
@@ -403,7 +409,7 @@ class PromoRedemption(SQLModel, table=True):
 
 
 class AdminAudit(SQLModel, table=True):
-    """Every admin command, its arguments and what came of it."""
+    """Every admin command, its arguments and what came of it, once per command."""
 
     __tablename__ = "admin_audit"
 
@@ -418,3 +424,8 @@ class AdminAudit(SQLModel, table=True):
     args: str = Field(sa_column=Column(String(500), nullable=False))
     result: str = Field(sa_column=Column(String(500), nullable=False))
     at: datetime = _utc_column()
+    # What caused the row (the admin's chat and message id): one row per command even
+    # when Telegram delivers it again. None only for rows older than migration 0006.
+    effect_key: str | None = Field(
+        default=None, sa_column=Column(String(64), nullable=True, unique=True, index=True)
+    )

@@ -13,10 +13,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from storage.db import SQLITE_BEGIN, insert_if_absent, sqlite_writer
+from storage.db import insert_if_absent, write_transaction
 from storage.models import AdminAudit, Job, Order, Payment, PromoCode, PromoRedemption, User
 
 _orders = Order.__table__  # type: ignore[attr-defined]
@@ -30,6 +29,14 @@ _jobs = Job.__table__  # type: ignore[attr-defined]
 
 def _utc(moment: datetime | None) -> datetime | None:
     return moment if moment is None or moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+class PromoRefused(Exception):
+    """A promo claim lost inside its credit's transaction, which it rolls back."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(status)
+        self.status = status  # "used" or "exhausted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,12 +54,13 @@ class OrderRecord:
 @dataclass(frozen=True, slots=True)
 class PaymentRecord:
     charge_id: str
-    order_id: str
+    order_id: str | None  # None: an orphan payment (no order of ours), credited nothing
     user_id: int
     currency: str
     amount: int
     credit: int
     refunded_at: datetime | None
+    refund_key: str | None
 
 
 class PaymentStore:
@@ -64,7 +72,7 @@ class PaymentStore:
 
     async def create_order(self, **values: Any) -> OrderRecord:
         row = {"state": "created", "created_at": self.clock(), **values}
-        async with self.engine.begin() as conn:
+        async with write_transaction(self.engine) as conn:
             await conn.execute(insert(_orders).values(row))
         return _order(row)
 
@@ -76,13 +84,14 @@ class PaymentStore:
     async def record_payment(self, **values: Any) -> tuple[PaymentRecord, bool]:
         """The payment for `values["charge_id"]`: new (True) or already known (False)."""
         row = {"created_at": self.clock(), "refunded_at": None, **values}
-        async with self.engine.begin() as conn:
+        async with write_transaction(self.engine) as conn:
             made = await conn.execute(
                 insert_if_absent(conn.dialect.name, _payments, ["charge_id"], row)
             )
-            await conn.execute(
-                update(_orders).where(_orders.c.id == row["order_id"]).values(state="paid")
-            )
+            if row["order_id"] is not None:
+                await conn.execute(
+                    update(_orders).where(_orders.c.id == row["order_id"]).values(state="paid")
+                )
             found = (
                 await conn.execute(
                     select(_payments).where(_payments.c.charge_id == row["charge_id"])
@@ -104,72 +113,91 @@ class PaymentStore:
             )
         return int(found or 0)
 
-    async def mark_refunded(self, charge_id: str) -> bool:
-        """True for the one caller that marks it; a repeated refund gets False."""
-        async with self.engine.begin() as conn:
+    async def mark_refunded(self, charge_id: str, key: str) -> bool:
+        """True for the refund `key` that marks it, also when that same refund asks again
+        (a redelivered command resumes); any other refund gets False."""
+        async with write_transaction(self.engine) as conn:
             moved = await conn.execute(
                 update(_payments)
-                .where(_payments.c.charge_id == charge_id, _payments.c.refunded_at.is_(None))
-                .values(refunded_at=self.clock())
+                .where(
+                    _payments.c.charge_id == charge_id,
+                    or_(_payments.c.refunded_at.is_(None), _payments.c.refund_key == key),
+                )
+                .values(refunded_at=self.clock(), refund_key=key)
             )
         return moved.rowcount == 1
 
-    async def unmark_refunded(self, charge_id: str) -> None:
-        async with self.engine.begin() as conn:
+    async def unmark_refunded(self, charge_id: str, key: str) -> None:
+        async with write_transaction(self.engine) as conn:
             await conn.execute(
-                update(_payments).where(_payments.c.charge_id == charge_id).values(refunded_at=None)
+                update(_payments)
+                .where(_payments.c.charge_id == charge_id, _payments.c.refund_key == key)
+                .values(refunded_at=None, refund_key=None)
             )
 
     # ------------------------------------------------------------ promo codes
 
     async def create_promo(self, **values: Any) -> bool:
         row = {"used": 0, "created_at": self.clock(), **values}
-        async with self.engine.begin() as conn:
+        async with write_transaction(self.engine) as conn:
             made = await conn.execute(insert_if_absent(conn.dialect.name, _promos, ["code"], row))
         return made.rowcount == 1
 
-    async def claim_promo(self, code: str, user_id: int) -> tuple[str, int]:
-        """("ok", amount), or ("unknown" | "used" | "exhausted", 0). One transaction: the
-        redemption row (once per user) and the counter (never past max_uses) both or neither."""
+    async def promo_amount(self, code: str) -> int | None:
+        """What the code credits, or None when there is no such code or it has expired."""
         now = self.clock()
-        try:
-            # IMMEDIATE: this reads and then writes; on SQLite a deferred reader could not
-            # upgrade to a writer once another one has written.
-            immediate = self.engine.execution_options(**{SQLITE_BEGIN: "IMMEDIATE"})
-            async with sqlite_writer(self.engine), immediate.begin() as conn:
-                promo = (await conn.execute(select(_promos).where(_promos.c.code == code))).first()
-                if promo is None or (_utc(promo.expires_at) or now) < now:
-                    return "unknown", 0
-                await conn.execute(insert(_redemptions).values(code=code, user_id=user_id, at=now))
-                moved = await conn.execute(
-                    update(_promos)
-                    .where(
-                        _promos.c.code == code,
-                        _promos.c.used < _promos.c.max_uses,
-                        or_(_promos.c.expires_at.is_(None), _promos.c.expires_at > now),
-                    )
-                    .values(used=_promos.c.used + 1)
+        async with self.engine.connect() as conn:
+            promo = (await conn.execute(select(_promos).where(_promos.c.code == code))).first()
+        if promo is None or (_utc(promo.expires_at) or now) < now:
+            return None
+        return int(promo.amount)
+
+    async def redeemed(self, code: str, user_id: int) -> bool:
+        async with self.engine.connect() as conn:
+            found = await conn.scalar(
+                select(_redemptions.c.user_id).where(
+                    _redemptions.c.code == code, _redemptions.c.user_id == user_id
                 )
-                if moved.rowcount != 1:
-                    await conn.rollback()
-                    return "exhausted", 0
-                return "ok", int(promo.amount)
-        except IntegrityError:
-            return "used", 0
+            )
+        return found is not None
+
+    def promo_claim(self, code: str, user_id: int) -> Callable[[AsyncConnection, Any], Any]:
+        """The claim of one use of `code`, to run inside the ledger transaction of the
+        credit it pays for: the redemption row (once per user) and the counter (never
+        past max_uses) commit with the credit, or `PromoRefused` undoes all three."""
+
+        async def claim(conn: AsyncConnection, _outcome: Any) -> None:
+            now = self.clock()
+            made = await conn.execute(
+                insert_if_absent(
+                    conn.dialect.name,
+                    _redemptions,
+                    ["code", "user_id"],
+                    {"code": code, "user_id": user_id, "at": now},
+                )
+            )
+            if made.rowcount != 1:
+                raise PromoRefused("used")
+            moved = await conn.execute(
+                update(_promos)
+                .where(
+                    _promos.c.code == code,
+                    _promos.c.used < _promos.c.max_uses,
+                    or_(_promos.c.expires_at.is_(None), _promos.c.expires_at > now),
+                )
+                .values(used=_promos.c.used + 1)
+            )
+            if moved.rowcount != 1:
+                raise PromoRefused("exhausted")
+
+        return claim
 
     # ------------------------------------------------------------ admin
 
-    async def audit(self, admin_id: int, command: str, args: str, result: str) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                insert(_audit).values(
-                    admin_id=admin_id,
-                    command=command[:32],
-                    args=args[:500],
-                    result=result[:500],
-                    at=self.clock(),
-                )
-            )
+    async def audit(self, row: dict[str, Any]) -> None:
+        """Writes an `audit_row` once: a redelivered command finds its row there."""
+        async with write_transaction(self.engine) as conn:
+            await write_audit(conn, row)
 
     async def stats(self) -> dict[str, Any]:
         async with self.engine.connect() as conn:
@@ -188,6 +216,26 @@ class PaymentStore:
             "credited": int(credited or 0),
             "jobs": jobs,
         }
+
+
+def audit_row(
+    *, key: str, admin_id: int, command: str, args: str, result: str, at: datetime
+) -> dict[str, Any]:
+    """One admin command as the audit table keeps it (the long parts cut to fit)."""
+    return dict(
+        effect_key=key[:64],
+        admin_id=admin_id,
+        command=command[:32],
+        args=args[:500],
+        result=result[:500],
+        at=at,
+    )
+
+
+async def write_audit(conn: AsyncConnection, row: dict[str, Any]) -> None:
+    """Inside a caller's transaction (the ledger's, for /credit and /debit), so the row
+    commits with the money it describes."""
+    await conn.execute(insert_if_absent(conn.dialect.name, _audit, ["effect_key"], row))
 
 
 def _order(row: Any) -> OrderRecord:
@@ -212,4 +260,5 @@ def _payment(row: Any) -> PaymentRecord:
         amount=row["amount"],
         credit=row["credit"],
         refunded_at=_utc(row["refunded_at"]),
+        refund_key=row["refund_key"],
     )

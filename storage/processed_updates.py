@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from sqlalchemy import bindparam, delete, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from storage.db import insert_if_absent
+from storage.db import insert_if_absent, write_transaction
 from storage.models import ProcessedUpdate
 
 _table = ProcessedUpdate.__table__  # type: ignore[attr-defined]
@@ -43,11 +43,11 @@ class ProcessedUpdates:
     async def add(self, update_id: int) -> None:
         row = {"update_id": update_id, "processed_at": datetime.now(UTC)}
         statement = insert_if_absent(self._dialect, _table, ["update_id"], row)
-        async with self._engine.begin() as conn:
+        async with write_transaction(self._engine) as conn:
             await conn.execute(statement)
 
     async def prune(self, before: datetime) -> int:
         """Forgets ids handled before `before`; Telegram gives up redelivering after a day."""
-        async with self._engine.begin() as conn:
+        async with write_transaction(self._engine) as conn:
             result = await conn.execute(delete(_table).where(_table.c.processed_at < before))
         return int(result.rowcount or 0)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from storage.db import insert_if_absent
+from storage.db import insert_if_absent, write_transaction
 from storage.models import Account, User
 
 _users = User.__table__  # type: ignore[attr-defined]
@@ -28,7 +28,7 @@ async def ensure_user(
     """
     if referrer_id == user_id:
         referrer_id = None
-    async with engine.begin() as conn:
+    async with write_transaction(engine) as conn:
         dialect = conn.dialect.name
         if referrer_id is not None and not await _user_exists(conn, referrer_id):
             referrer_id = None
@@ -55,6 +55,14 @@ async def ensure_user(
     return int(found)
 
 
+async def find_account(engine: AsyncEngine, user_id: int) -> int | None:
+    """The user's account id, or None for a user never seen; reads only, so a screen or
+    an admin's look-up never creates rows (nor takes SQLite's write lock)."""
+    async with engine.connect() as conn:
+        found = await conn.scalar(select(_accounts.c.id).where(_accounts.c.user_id == user_id))
+    return int(found) if found is not None else None
+
+
 async def _user_exists(conn: AsyncConnection, user_id: int) -> bool:
     return await conn.scalar(select(_users.c.id).where(_users.c.id == user_id)) is not None
 
@@ -70,7 +78,7 @@ async def set_active(engine: AsyncEngine, user_id: int, active: bool) -> bool:
 
     Only known users: one who blocked the bot before ever being stored has nothing to mark.
     """
-    async with engine.begin() as conn:
+    async with write_transaction(engine) as conn:
         result = await conn.execute(
             update(_users)
             .where(_users.c.id == user_id, _users.c.is_active != active)

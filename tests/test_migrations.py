@@ -45,8 +45,8 @@ def table_names(connection: Connection) -> set[str]:
 MONEY_TABLES = {"users", "accounts", "transfers", "entries", "holds", "idempotency_keys", "jobs"}
 
 
-def test_head_is_the_ledger_functions_revision() -> None:
-    assert head_revision() == "0005"
+def test_head_is_the_effect_keys_revision() -> None:
+    assert head_revision() == "0006"
 
 
 async def test_upgrade_clean_database_to_head(database_url: str) -> None:

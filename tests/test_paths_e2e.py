@@ -105,8 +105,8 @@ async def arranged(stack: Stack, chat: Chat, edge: Edge) -> AsyncIterator[None]:
         store = stack.product.payments.store
         await store.create_promo(code="WELCOME", amount=100, max_uses=10**6, created_by=0)
         if edge.dest == "promo":
-            await stack.product.services.account(chat.chat_id, "ru")
-            assert await store.claim_promo("WELCOME", chat.chat_id) == ("ok", 100)
+            payments = stack.product.payments
+            assert await payments.redeem_promo("WELCOME", chat.chat_id, "ru") == ("ok", 100)
     try:
         yield
     finally:

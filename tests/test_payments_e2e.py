@@ -252,11 +252,13 @@ async def test_promo_codes(stack: Stack) -> None:
 
 async def test_two_users_race_for_the_last_use_of_a_code(stack: Stack) -> None:
     await admin(stack, "/promo LAST 50 1")
-    store = stack.product.payments.store
+    payments = stack.product.payments
     for user in (12, 13):
         await stack.product.services.account(user, "ru")
-    results = await asyncio.gather(*(store.claim_promo("LAST", u) for u in (12, 13) * 3))
-    assert sorted(r[0] for r in results).count("ok") == 1
+    results = await asyncio.gather(*(payments.redeem_promo("LAST", u, "ru") for u in (12, 13) * 3))
+    winners = {u for u, r in zip((12, 13) * 3, results, strict=True) if r[0] == "ok"}
+    assert len(winners) == 1
+    assert await available(stack, 12) + await available(stack, 13) == 50_00
 
 
 async def test_referral_bonus_once_on_the_first_paid_top_up(stack: Stack) -> None:
@@ -303,6 +305,7 @@ async def test_welcome_bonus_once(migrated_database_url: str) -> None:
 
 async def test_admin_commands_and_audit(stack: Stack) -> None:
     assert (await admin(stack, "/stats")).startswith("Пользователи:")
+    await stack.chat(50).send("/start")
     assert "Доступно: 0 ₽" in await admin(stack, "/user 50")
     assert "Баланс 50: 12.50 ₽" in await admin(stack, "/credit 50 12.50 goodwill")
     assert "Баланс 50: 2.50 ₽" in await admin(stack, "/debit 50 10 correction")

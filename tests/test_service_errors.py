@@ -91,14 +91,21 @@ async def test_an_exception_in_an_action_gets_an_apology_an_id_and_a_logged_trac
 
 
 async def test_a_failing_message_handler_still_gets_the_user_an_apology(stack: Stack) -> None:
+    """Telegram failing on its side (5xx) while the screen is sent: the user gets an
+    apology, and the update is refused (503) so that Telegram delivers it again, which
+    then shows the screen."""
     chat = stack.chat(22)
     stack.api.inject_error("sendMessage", 500, "Internal Server Error: try later")
     errors = sample("trt_errors_total", kind="exception")
-    calls = await chat.send("/start")
-    sent = [c for c in calls if c.method == "sendMessage" and not c.failed]
+    update = stack.api.make_message_update(22, 22, "/start")
+    before = len(stack.api.calls)
+    assert await stack.post(update) == 503
+    sent = [c for c in stack.api.calls[before:] if c.method == "sendMessage" and not c.failed]
     assert len(sent) == 1 and APOLOGY.fullmatch(sent[0].params["text"])
     assert sample("trt_errors_total", kind="exception") == errors + 1
     assert sample("trt_errors_total", kind="telegram_server") >= 1
+    await chat.post(update)
+    assert chat.screen().text == MAIN_TEXT
 
 
 # ------------------------------------------------------------------ Telegram errors by kind

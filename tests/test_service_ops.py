@@ -245,6 +245,8 @@ _SQL_CALLS = {"text", "execute", "exec_driver_sql", "executescript"}
 _ALLOWED_SQL_STRINGS = {
     ("storage/db.py", "exec_driver_sql"),  # BEGIN {mode}: the mode is our execution option
     ("storage/db.py", "execute"),  # PRAGMA busy_timeout={constant}
+    # SELECT ledger_x(p_name => :name, ...): our function and parameter names, never input.
+    ("storage/ledger_functions.py", "text"),
 }
 
 

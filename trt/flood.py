@@ -6,6 +6,12 @@ can wait behind aiogram's per-chat lock. It runs ahead of that lock, so a
 dropped update never waits for it. Every dropped callback query is still
 answered (the first of a burst with the notice), because Telegram shows a
 spinner until a query is answered. The buckets themselves are bounded too.
+
+Only navigation is ever shed. An update that carries an effect someone paid for
+or asked for with authority (`pre_checkout_query`, a `successful_payment` or
+`refunded_payment` message, an admin's command) passes untouched and costs no
+tokens: dropping it would take a user's Stars without crediting them, or lose an
+admin's /credit without an audit row, and a redelivery would find it handled.
 """
 
 from __future__ import annotations
@@ -48,21 +54,40 @@ class _Bucket:
         self.notified = False
 
 
+def carries_effect(update: Update, admin_ids: frozenset[int]) -> bool:
+    """Updates flood control must never drop: payments and admin commands."""
+    if update.pre_checkout_query is not None:
+        return True
+    message = update.message
+    if message is None:
+        return False
+    if message.successful_payment is not None or message.refunded_payment is not None:
+        return True
+    sender = message.from_user
+    return sender is not None and sender.id in admin_ids and (message.text or "").startswith("/")
+
+
 class FloodControl(BaseMiddleware):
     def __init__(
         self,
         engine: FlowEngine,
         limits: FloodLimits,
         clock: Callable[[], float] = time.monotonic,
+        admin_ids: frozenset[int] = frozenset(),
     ) -> None:
         self.engine = engine
         self.limits = limits
         self.clock = clock
+        self.admin_ids = admin_ids
         self._buckets: OrderedDict[int, _Bucket] = OrderedDict()
 
     async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
         user: User | None = data.get(EVENT_FROM_USER_KEY)
-        if user is None or not isinstance(event, Update):
+        if (
+            user is None
+            or not isinstance(event, Update)
+            or carries_effect(event, self.admin_ids)
+        ):
             return await handler(event, data)
         bucket = self._bucket(user.id)
         if bucket.tokens >= 1 and bucket.in_flight < self.limits.in_flight:

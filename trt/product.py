@@ -117,7 +117,7 @@ def build_product(
         retry_later=retry_later,
     )
     dispatcher.message.outer_middleware(FirstContact(services.ledger, pay.welcome_bonus))
-    instrument(bot, dispatcher, engine, db, flood)
+    instrument(bot, dispatcher, engine, db, flood, pay.admin_ids)
     return Product(
         bot, dispatcher, engine, services, generation, payments, kie, links, prices=prices
     )

@@ -41,6 +41,13 @@ from aiogram.methods import AnswerCallbackQuery, TelegramMethod
 from trt.observability.context import current_report
 from trt.observability.metrics import CALLBACK_ANSWER_SECONDS, ERRORS, TELEGRAM_SECONDS
 
+
+def telegram_unreachable(exc: BaseException) -> bool:
+    """The Bot API did not answer (network), failed on its side (5xx) or asked for a
+    longer pause than this middleware waits (429): what the update was to show or send
+    did not happen, and a later delivery may manage it."""
+    return isinstance(exc, TelegramNetworkError | TelegramServerError | TelegramRetryAfter)
+
 log = logging.getLogger("trt.telegram")
 
 OnBlocked = Callable[[int], Awaitable[None]]

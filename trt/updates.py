@@ -22,9 +22,11 @@ from collections.abc import Callable
 from aiogram import Bot, Dispatcher
 from aiogram.types import Update
 
+from engine.telegram import UpdateNotProcessed
 from storage.processed_updates import ProcessedUpdates
 from trt.observability.context import scope
 from trt.observability.metrics import ERRORS, UPDATES
+from trt.telegram_errors import telegram_unreachable
 
 log = logging.getLogger("trt.updates")
 
@@ -90,10 +92,12 @@ class UpdateProcessor:
 
     @staticmethod
     def _refused(exc: BaseException) -> bool:
-        ERRORS.labels("database_unavailable").inc()
+        cause = exc.__cause__ if isinstance(exc, UpdateNotProcessed) and exc.__cause__ else exc
+        kind = "telegram_unavailable" if telegram_unreachable(cause) else "database_unavailable"
+        ERRORS.labels(kind).inc()
         log.warning(
-            "update not processed, the database is unavailable (%s); Telegram will deliver it "
-            "again",
-            type(exc).__name__,
+            "update not processed (%s: %s); Telegram will deliver it again",
+            kind.replace("_", " "),
+            type(cause).__name__,
         )
         return False

@@ -28,7 +28,7 @@ from trt.observability.endpoint import add_metrics_route
 from trt.observability.http import observe_requests
 from trt.observability.logs import install_error_counter
 from trt.observability.updates import Handler, UpdateObserver
-from trt.telegram_errors import TelegramErrors
+from trt.telegram_errors import TelegramErrors, telegram_unreachable
 from trt.updates import UpdateProcessor
 from trt.webhook import add_telegram_webhook
 
@@ -49,8 +49,10 @@ def prices_loaded(prices: Catalog | CatalogSource | None) -> Callable[[], bool]:
 
 
 def retry_later(exc: BaseException) -> bool:
-    """Errors after which an update is refused, so that Telegram delivers it again."""
-    return isinstance(exc, UpdateNotProcessed) or is_unavailable(exc)
+    """Errors after which an update is refused, so that Telegram delivers it again: the
+    database or the Bot API out of reach. Safe because every effect of an update is keyed
+    by its cause: the redelivery replays what was done and finishes what was not."""
+    return isinstance(exc, UpdateNotProcessed) or is_unavailable(exc) or telegram_unreachable(exc)
 
 
 def before_isolation(dispatcher: Dispatcher, middleware: BaseMiddleware) -> None:
@@ -87,9 +89,10 @@ def instrument(
     engine: FlowEngine,
     db: AsyncEngine,
     flood: FloodLimits | None = None,
+    admin_ids: frozenset[int] = frozenset(),
 ) -> None:
     """Telegram errors by kind on the bot's session; ids, metrics and flood control on
-    the dispatcher."""
+    the dispatcher (which never sheds payments or the commands of `admin_ids`)."""
     install_error_counter()
 
     async def blocked(user_id: int) -> None:
@@ -98,7 +101,7 @@ def instrument(
     bot.session.middleware(TelegramErrors(blocked))
     before_isolation(dispatcher, UpdateObserver(retry_later))
     if flood is not None:
-        before_isolation(dispatcher, FloodControl(engine, flood))
+        before_isolation(dispatcher, FloodControl(engine, flood, admin_ids=admin_ids))
     dispatcher.message.outer_middleware(Reactivate(db))
 
 

@@ -29,6 +29,7 @@ NOT_MODIFIED = (
     " of the currently existing message are exactly the same"
 )
 QUERY_TOO_OLD = "Bad Request: query is too old and response timeout expired or query ID is invalid"
+ALREADY_REFUNDED = "Bad Request: CHARGE_ALREADY_REFUNDED"
 _METHODS = (
     "getMe getUpdates getWebhookInfo setWebhook deleteWebhook sendMessage editMessageText"
     " editMessageCaption editMessageReplyMarkup deleteMessage answerCallbackQuery sendInvoice"
@@ -36,7 +37,7 @@ _METHODS = (
     " setMyCommands sendChatAction refundStarPayment"
 ).split()
 _CANONICAL = {name.lower(): name for name in _METHODS}
-_TRUE = {"answerPreCheckoutQuery", "setMyCommands", "sendChatAction", "refundStarPayment"}
+_TRUE = {"answerPreCheckoutQuery", "setMyCommands", "sendChatAction"}
 _TRUE |= {"setWebhook", "deleteWebhook"}
 # Form fields are strings; these stay strings even when they look like JSON or numbers.
 _TEXT_KEYS = frozenset(
@@ -201,6 +202,8 @@ class FakeBotAPI:
         self.base_url = ""
         self._answered: set[str] = set()
         self._errors: dict[str, list[ApiError]] = {}
+        self._drops: dict[str, int] = {}
+        self.refunded: set[str] = set()  # charge ids refunded: a second refund is refused
         self._updates: list[JSONDict] = []
         self._last_message_id: dict[int, int] = {}
         self._update_ids = itertools.count(1)
@@ -256,6 +259,11 @@ class FakeBotAPI:
     ) -> None:
         queue = self._errors.setdefault(method.lower(), [])
         queue.extend(ApiError(error_code, description, retry_after) for _ in range(times))
+
+    def inject_disconnect(self, method: str, times: int = 1) -> None:
+        """The next `times` calls of `method` get no answer: the connection is cut, as when
+        Telegram is unreachable (aiogram raises TelegramNetworkError)."""
+        self._drops[method.lower()] = self._drops.get(method.lower(), 0) + times
 
     async def wait_for_call(
         self,
@@ -394,6 +402,13 @@ class FakeBotAPI:
         if method == "answerCallbackQuery":  # every attempt counts, failed ones too
             query_id = str(params.get("callback_query_id"))
             self.answered_callbacks[query_id] = self.answered_callbacks.get(query_id, 0) + 1
+        if self._drops.get(method.lower(), 0) > 0:
+            # Telegram unreachable: the connection ends with no answer at all.
+            self._drops[method.lower()] -= 1
+            self._record(Call(method, params, token, at, True, "dropped", files))
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response(status=500)
         try:
             if method not in _METHODS:
                 raise ApiError(404, "Not Found: method not found")
@@ -461,6 +476,12 @@ class FakeBotAPI:
                 if not str((content := _formatted(params, "text")).get("text", "")).strip():
                     raise _bad("message text is empty")
                 return self._new_message(token, params, content)
+            case "refundStarPayment":
+                charge = str(params.get("telegram_payment_charge_id"))
+                if charge in self.refunded:
+                    raise ApiError(400, ALREADY_REFUNDED)
+                self.refunded.add(charge)
+                return True
             case "answerCallbackQuery":
                 query_id = str(params.get("callback_query_id"))
                 if query_id in self._answered:

@@ -31,21 +31,16 @@ def register_payment_screens(registry: Registry, services: Callable[[], Services
     @registry.action("redeem_promo")
     async def redeem_promo(ctx: Context) -> Outcome:
         code = str(ctx.data.pop("promo_code", "")).strip().upper()
-        store = payments().store
-        status, amount = await store.claim_promo(code, ctx.user_id)
+        status, _ = await payments().redeem_promo(code, ctx.user_id, ctx.locale)
         if status != "ok":
             return Outcome(to="promo", notice=PROMO_NOTICES[status])
-        account = await services().account(ctx.user_id, ctx.locale)
-        await services().ledger.credit(
-            f"promo:{code}:{ctx.user_id}"[:62], account, amount, source="bonus", reason="promo"
-        )
         return Outcome(to="balance", notice="promo_ok")
 
     @registry.data("referral_info")
     async def referral_info(ctx: Context) -> Mapping[str, object]:
         me = await ctx.bot.me()
-        account = await services().account(ctx.user_id, ctx.locale)
-        lines = await services().ledger.statement(account, limit=1000)
+        account = await services().existing_account(ctx.user_id)
+        lines = [] if account is None else await services().ledger.statement(account, limit=1000)
         earned = sum(line.posted for line in lines if line.reason == "referral")
         return {
             "link": referral_link(me.username or "", ctx.user_id),

@@ -14,6 +14,7 @@ still wants to give the Stars back can debit what is left and refund outside.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import secrets
@@ -28,12 +29,14 @@ from flows.generation.service import Pusher, rub
 from flows.payments.settings import PaymentSettings
 from pricing.topups import STARS, Package
 from storage.ledger import HoldNotPending, InsufficientFunds, Ledger
-from storage.payments import PaymentStore
+from storage.payments import PaymentRecord, PaymentStore, PromoRefused
 from storage.users import referrer_of
 
 log = logging.getLogger(__name__)
 
 REFUND_HOLD = timedelta(hours=1)
+# What Telegram answers to refundStarPayment for a charge it has refunded already.
+ALREADY_REFUNDED = "CHARGE_ALREADY_REFUNDED"
 
 
 def ledger_id(prefix: str, key: str) -> str:
@@ -119,10 +122,8 @@ class PaymentsService:
         """Credits once per charge id, pays the referrer on a first top-up, shows a receipt."""
         order = await self.store.order(payload)
         if order is None:
-            # Telegram took the money for an order we do not know: credit what was paid
-            # would be a guess; keep the payment and tell the operator loudly.
-            log.error("payment %s for unknown order %s", charge_id, payload)
-            raise LookupError(f"payment for unknown order {payload!r}")
+            await self._orphan(user_id, currency, amount, charge_id, provider_charge_id)
+            return
         payment, new = await self.store.record_payment(
             charge_id=charge_id,
             order_id=order.id,
@@ -148,6 +149,39 @@ class PaymentsService:
         await self.bot.send_message(chat_id, receipt)
         await self.screens.push(self.bot, chat_id, user_id, "balance", {})
 
+    async def _orphan(
+        self,
+        user_id: int,
+        currency: str,
+        amount: int,
+        charge_id: str,
+        provider_charge_id: str | None,
+    ) -> None:
+        """Telegram took money for an order this bot does not know (a deploy lost it, or
+        another bot's invoice): crediting would be a guess, so nothing is credited, but
+        the payment is kept (credit 0) for an admin's /refund, and the admins are told."""
+        await self.account(user_id, "ru")
+        _, new = await self.store.record_payment(
+            charge_id=charge_id,
+            order_id=None,
+            user_id=user_id,
+            currency=currency,
+            amount=amount,
+            credit=0,
+            provider_charge_id=provider_charge_id,
+        )
+        if not new:
+            return
+        log.error("payment %s for an unknown order recorded as an orphan", charge_id)
+        notice = self.text("admin_orphan_payment", "ru").format(
+            charge=charge_id, user=user_id, amount=amount, currency=currency
+        )
+        for admin in sorted(self.settings.admin_ids):
+            try:
+                await self.bot.send_message(admin, notice, parse_mode=None)
+            except TelegramAPIError as exc:
+                log.warning("admin %s not told of orphan payment: %s", admin, exc)
+
     async def _referral_bonus(self, user_id: int) -> None:
         """Once per referee (the ledger id is the referee's), on their first paid top-up."""
         bonus = self.settings.referral_bonus
@@ -159,43 +193,81 @@ class PaymentsService:
             f"ref:{user_id}", account, bonus, source="bonus", reason="referral", note=str(user_id)
         )
 
+    # ------------------------------------------------------------ promo codes
+
+    async def redeem_promo(self, code: str, user_id: int, locale: str) -> tuple[str, int]:
+        """("ok", amount), or ("unknown" | "used" | "exhausted", 0).
+
+        The claim (redemption row and use counter) commits in the credit's own
+        transaction, so a failure anywhere leaves the code unspent and nothing credited;
+        the credit's id is the (code, user) pair, so a retry never credits twice."""
+        amount = await self.store.promo_amount(code)
+        if amount is None:
+            return "unknown", 0
+        if await self.store.redeemed(code, user_id):
+            return "used", 0
+        account = await self.account(user_id, locale)
+        try:
+            await self.ledger.credit(
+                ledger_id("promo", f"{code}:{user_id}"),
+                account,
+                amount,
+                source="bonus",
+                reason="promo",
+                note=code,
+                also=self.store.promo_claim(code, user_id),
+            )
+        except PromoRefused as refused:
+            return refused.status, 0
+        return "ok", amount
+
     # ------------------------------------------------------------ refunds
 
-    async def refund(self, charge_id: str) -> str:
+    async def refund(self, charge_id: str, key: str) -> str:
         """A result key: refund_done, refund_again, refund_unknown, refund_spent,
-        refund_not_stars or refund_failed."""
+        refund_not_stars or refund_failed.
+
+        `key` names the command asking (the admin's chat and message): every ledger id
+        comes from it, so a redelivery of that command resumes where the first delivery
+        stopped (the hold replays, the mark is its own, Telegram's "already refunded"
+        counts as done, the post replays), and a different command is a second refund."""
         payment = await self.store.payment(charge_id)
         if payment is None:
             return "refund_unknown"
         if payment.currency != STARS:
             return "refund_not_stars"
-        if not await self.store.mark_refunded(charge_id):
+        if payment.refunded_at is not None and payment.refund_key != key:
             return "refund_again"
-        account = await self.account(payment.user_id, "ru")
-        # Its own ids per attempt: a refund that failed may be tried again later.
-        attempt = f"{charge_id}:{secrets.token_hex(4)}"
-        hold_id = ledger_id("rfh", attempt)
-        try:
-            await self.ledger.hold(
-                hold_id,
-                account,
-                payment.credit,
-                expires_in=REFUND_HOLD,
-                reason="refund",
-                destination="topups",
-            )
-        except InsufficientFunds:
-            await self.store.unmark_refunded(charge_id)
-            return "refund_spent"
+        hold_id = ledger_id("rfh", key)
+        if payment.credit > 0:
+            account = await self.account(payment.user_id, "ru")
+            try:
+                await self.ledger.hold(
+                    hold_id,
+                    account,
+                    payment.credit,
+                    expires_in=REFUND_HOLD,
+                    reason="refund",
+                    destination="topups",
+                )
+            except InsufficientFunds:
+                return "refund_spent"
+        if not await self.store.mark_refunded(charge_id, key):
+            await self._release(payment, key)
+            return "refund_again"
         try:
             await self.bot.refund_star_payment(payment.user_id, charge_id)
         except TelegramAPIError as exc:
-            log.warning("refundStarPayment %s failed: %s", charge_id, exc)
-            try:
-                await self.ledger.void(ledger_id("rfv", attempt), hold_id)
-            except HoldNotPending:
-                pass
-            await self.store.unmark_refunded(charge_id)
-            return "refund_failed"
-        await self.ledger.post(ledger_id("rfp", attempt), hold_id)
+            if ALREADY_REFUNDED not in str(exc):
+                log.warning("refundStarPayment %s failed: %s", charge_id, exc)
+                await self._release(payment, key)
+                await self.store.unmark_refunded(charge_id, key)
+                return "refund_failed"
+        if payment.credit > 0:
+            await self.ledger.post(ledger_id("rfp", key), hold_id)
         return "refund_done"
+
+    async def _release(self, payment: PaymentRecord, key: str) -> None:
+        if payment.credit > 0:
+            with contextlib.suppress(HoldNotPending):
+                await self.ledger.void(ledger_id("rfv", key), ledger_id("rfh", key))

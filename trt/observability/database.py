@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from storage.db import PoolUsage, pool_usage
-from storage.models import JOB_FINAL_STATES, JOB_STATES, Account, Hold, Job, Transfer
+from storage.models import JOB_FINAL_STATES, JOB_STATES, Account, Hold, Job, Payment, Transfer
 from trt.observability.metrics import REGISTRY
 
 log = logging.getLogger("trt.metrics")
@@ -37,6 +37,7 @@ _jobs = Job.__table__  # type: ignore[attr-defined]
 _holds = Hold.__table__  # type: ignore[attr-defined]
 _transfers = Transfer.__table__  # type: ignore[attr-defined]
 _accounts = Account.__table__  # type: ignore[attr-defined]
+_payments = Payment.__table__  # type: ignore[attr-defined]
 
 
 @dataclass(slots=True)
@@ -48,6 +49,7 @@ class DatabaseFacts:
     holds_oldest_age_s: float = 0.0
     payments: int = 0
     payments_kopecks: int = 0
+    orphan_payments: int = 0
 
 
 def _utc(moment: datetime) -> datetime:
@@ -93,6 +95,14 @@ async def read_facts(db: AsyncEngine, now: datetime | None = None) -> DatabaseFa
             )
         ).one()
         facts.payments, facts.payments_kopecks = int(paid), int(paid_total)
+        facts.orphan_payments = int(
+            await conn.scalar(
+                select(func.count()).where(
+                    _payments.c.order_id.is_(None), _payments.c.refunded_at.is_(None)
+                )
+            )
+            or 0
+        )
     return facts
 
 
@@ -151,6 +161,12 @@ class DatabaseCollector(Collector):
             "trt_payments_kopecks",
             "Money credited to users by payments.",
             value=facts.payments_kopecks,
+        )
+        yield _gauge(
+            "trt_orphan_payments",
+            "Payments for orders the bot does not know, credited nothing and not yet "
+            "refunded: the user paid and got nothing; an admin must /refund them.",
+            facts.orphan_payments,
         )
         yield _gauge("trt_db_pool_size", "Connections the pool keeps open.", pool.size)
         yield _gauge("trt_db_pool_checked_out", "Connections in use now.", pool.checked_out)
