@@ -104,15 +104,18 @@ class JobStore:
         to: str,
         *,
         detail: str | None = None,
+        due_by: datetime | None = None,
         **changes: Any,
     ) -> JobRecord | None:
-        """Moves the job to `to` if it is in one of `expected`; None when another won."""
+        """Moves the job to `to` if it is in one of `expected` (and, with `due_by`, its
+        `next_check_at` has come by then: a lease that expired); None when another won."""
         now = self.clock()
+        condition = [_jobs.c.id == job_id, _jobs.c.state.in_(tuple(expected))]
+        if due_by is not None:
+            condition.append(_jobs.c.next_check_at <= due_by)
         async with write_transaction(self.engine) as conn:
             moved = await conn.execute(
-                update(_jobs)
-                .where(_jobs.c.id == job_id, _jobs.c.state.in_(tuple(expected)))
-                .values(state=to, updated_at=now, **changes)
+                update(_jobs).where(*condition).values(state=to, updated_at=now, **changes)
             )
             if moved.rowcount != 1:
                 return None

@@ -252,6 +252,7 @@ JOB_STATES = (
     "submitted",  # KIE gave the task id
     "running",  # KIE reports progress
     "succeeded",  # recordInfo confirmed the result
+    "delivering",  # one sender claimed delivery until next_check_at (its lease)
     "delivered",  # the result reached the user; the hold is being posted
     "charged",  # done: delivered and paid
     "failed",  # KIE failed or we gave up; the hold is being released

@@ -199,6 +199,7 @@ async def test_each_kind_from_menu_to_delivered_and_charged(stack: Stack, kind: 
         "submitted",
         *(["running"] if "running" in await events(stack, job) else []),
         "succeeded",
+        "delivering",
         "delivered",
         "charged",
     ]
@@ -476,11 +477,14 @@ async def test_crash_before_delivery_is_recovered_and_charged_once(
     price = await order(chat, "text_to_image")
     await chat.tap("✅ Создать")
 
-    await reach(stack, 21, "succeeded")
+    await reach(stack, 21, "delivering")
     await stack.product.generation.drain()
+    assert (await job_of(stack, 21)).state == "delivering"  # claimed by the dead sender
     assert await available(stack, 21) == RICH - price  # held, not charged
     monkeypatch.setattr(service_module, "deliver_result", real)
-    await make_due(stack)
+    await stack.product.generation.check_due()
+    assert calls_to(stack, 21, "sendPhoto") == []  # its lease still holds: nobody sends
+    await make_due(stack)  # the lease ran out
     await stack.product.generation.check_due()
     job = await final_job(stack, 21)
     assert job.state == "charged"

@@ -45,8 +45,8 @@ def table_names(connection: Connection) -> set[str]:
 MONEY_TABLES = {"users", "accounts", "transfers", "entries", "holds", "idempotency_keys", "jobs"}
 
 
-def test_head_is_the_effect_keys_revision() -> None:
-    assert head_revision() == "0006"
+def test_head_is_the_job_delivering_revision() -> None:
+    assert head_revision() == "0007"
 
 
 async def test_upgrade_clean_database_to_head(database_url: str) -> None:

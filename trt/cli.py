@@ -76,6 +76,13 @@ def flows_paths(args: argparse.Namespace) -> int:
     return 0
 
 
+def jobs_graph(args: argparse.Namespace) -> int:
+    from flows.generation.lifecycle import LIFECYCLE
+
+    print(LIFECYCLE.dot() if args.format == "dot" else LIFECYCLE.mermaid(), end="")
+    return 0
+
+
 def pricing_check(args: argparse.Namespace) -> int:
     from pricing.check import check_file
 
@@ -145,6 +152,15 @@ def parser() -> argparse.ArgumentParser:
     paths = flows.add_parser("paths", help="print a covering set of paths, shortest first")
     paths.add_argument("file", nargs="?", type=Path, default=default_flows)
     paths.set_defaults(func=flows_paths)
+
+    jobs = sub.add_parser("jobs", help="the generation job lifecycle").add_subparsers(
+        dest="jobs_command", required=True
+    )
+    jgraph = jobs.add_parser(
+        "graph", help="print the job state machine: states, legal moves and their guards"
+    )
+    jgraph.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
+    jgraph.set_defaults(func=jobs_graph)
 
     pricing = sub.add_parser(
         "pricing", help="check the model catalog and its prices"

@@ -31,6 +31,7 @@ from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError
 
 from flows.generation.delivery import deliver_result
+from flows.generation.lifecycle import ACTIVE, LIFECYCLE, UNFINISHED
 from flows.generation.safe_fetch import ResultFetcher
 from flows.generation.settings import GenerationSettings
 from kie.client import KieClient
@@ -43,13 +44,11 @@ from storage.users import ensure_user
 
 log = logging.getLogger(__name__)
 
-ACTIVE = ("submitted", "running")
-UNFINISHED = (
-    *("created", "held", "submitting", "submitted", "running", "succeeded"),
-    *("delivered", "failed"),
-)
 # How long the poller leaves a job to the step that is moving it before stepping in.
 GRACE = timedelta(seconds=60)
+# Sending a result may use this much of the delivery lease; a sender still busy then
+# stops, and the job waits for its lease to run out before another sender takes over.
+SENDING_SHARE_OF_LEASE = 0.8
 
 
 def rub(kopecks: int) -> str:
@@ -139,9 +138,9 @@ class GenerationService:
             return Started("rejected" if job.state == "rejected" else "started", job)
         refusal = await self._hold(job, account)
         if refusal is not None:
-            rejected = await self.jobs.move(job.id, ["created"], "rejected", detail=refusal)
+            rejected = await self._move(job, "reject", detail=refusal)
             return Started(refusal, rejected or job)
-        held = await self.jobs.move(job.id, ["created"], "held", next_check_at=now + GRACE)
+        held = await self._move(job, "hold", next_check_at=now + GRACE)
         if held is None:
             return Started("started", job)  # recovery took it over meanwhile
         self.spawn(self.advance(held.id))
@@ -197,8 +196,8 @@ class GenerationService:
             await self._fail(job, "timeout")
         elif job.state == "held":
             await self._submit(job)  # S4: a crash came between the hold and KIE
-        elif job.state == "succeeded":
-            await self._deliver(job)  # S6
+        elif job.state in ("succeeded", "delivering"):
+            await self._deliver(job)  # S6; a delivering job is due only once its lease ran out
         elif job.state == "delivered":
             await self._charge(job)  # S5
         elif job.state == "failed":
@@ -209,7 +208,7 @@ class GenerationService:
             await self.jobs.update(job.id, next_check_at=job.deadline_at)
 
     async def _submit(self, job: JobRecord) -> None:
-        sending = await self.jobs.move(job.id, ["held"], "submitting")
+        sending = await self._move(job, "submit")
         if sending is None:
             return
         try:
@@ -224,10 +223,9 @@ class GenerationService:
         except KieError as exc:
             await self._fail(sending, f"create refused: {exc}")
             return
-        submitted = await self.jobs.move(
-            job.id,
-            ["submitting"],
-            "submitted",
+        submitted = await self._move(
+            sending,
+            "accept",
             task_id=task_id,
             next_check_at=self.clock() + timedelta(seconds=self.settings.poll_interval_s),
         )
@@ -259,10 +257,9 @@ class GenerationService:
             if not info.result_urls:
                 await self._fail(job, "KIE reported success without a result")
                 return
-            done = await self.jobs.move(
-                job.id,
-                ["submitting", *ACTIVE],
-                "succeeded",
+            done = await self._move(
+                job,
+                "succeed",
                 task_id=info.task_id,
                 result_urls=list(info.result_urls),
                 next_check_at=self.clock() + GRACE,
@@ -274,7 +271,7 @@ class GenerationService:
             await self._fail(job, reason)
         else:
             if job.state == "submitted":
-                running = await self.jobs.move(job.id, ["submitted"], "running")
+                running = await self._move(job, "progress")
                 job = running or job
             await self._later(job)
             await self._progress(job)
@@ -294,26 +291,36 @@ class GenerationService:
     # ------------------------------------------------------------ the end of a job
 
     async def _deliver(self, job: JobRecord) -> None:
-        """Sends the result, then charges (S6: a crash here resends; it never charges twice)."""
+        """Claims delivery, sends the result, then charges (S6: a sender that died leaves
+        its lease to expire and the next one sends again; it never charges twice).
+
+        The claim comes before the side effect, so at most one sender exists at a time:
+        a second step (a callback racing the poller, another process) finds the job
+        `delivering` under a lease and stands back. The sending is bounded well inside
+        the lease, so a slow sender stops before anyone may take over."""
+        lease = timedelta(seconds=self.settings.delivery_lease_s)
+        trigger = "reclaim_delivery" if job.state == "delivering" else "claim_delivery"
+        claimed = await self._move(job, trigger, next_check_at=self.clock() + lease)
+        if claimed is None:
+            return
         title = str(job.request.get("title", job.model_id))
         caption = self.text("result_caption", job.locale).format(model=title)
         link = self.text("result_link", job.locale)
         try:
-            await deliver_result(
-                self.bot,
-                job.chat_id,
-                job.kind,
-                job.result_urls,
-                caption,
-                link,
-                fetcher=self.fetcher,
-            )
+            async with asyncio.timeout(lease.total_seconds() * SENDING_SHARE_OF_LEASE):
+                await deliver_result(
+                    self.bot,
+                    job.chat_id,
+                    job.kind,
+                    job.result_urls,
+                    caption,
+                    link,
+                    fetcher=self.fetcher,
+                )
         except TelegramAPIError as exc:
             # The user blocked the bot or the chat is gone: the result exists, so it is sold.
             log.warning("job %s: delivery failed for good: %s", job.id, exc)
-        delivered = await self.jobs.move(
-            job.id, ["succeeded"], "delivered", next_check_at=self.clock() + GRACE
-        )
+        delivered = await self._move(claimed, "deliver", next_check_at=self.clock() + GRACE)
         if delivered is None:
             return
         await self._progress(delivered, "progress_done")
@@ -327,22 +334,21 @@ class GenerationService:
 
     async def _charge(self, job: JobRecord) -> None:
         if job.hold_id is None:
-            await self.jobs.move(job.id, ["delivered"], "charged", detail="free")
+            await self._move(job, "charge", detail="free")
             return
         try:
             await self.ledger.post(f"post:{job.id}", job.hold_id)
         except (HoldExpired, HoldNotPending) as exc:
             # S8: the hold ran out before delivery; record the loss, never charge late.
-            await self.jobs.move(job.id, ["delivered"], "lost", detail=str(exc))
+            await self._move(job, "lose", detail=str(exc))
             log.error("job %s: delivered but not charged: %s", job.id, exc)
             return
-        await self.jobs.move(job.id, ["delivered"], "charged")
+        await self._move(job, "charge")
 
     async def _fail(self, job: JobRecord, reason: str) -> None:
-        failed = await self.jobs.move(
-            job.id,
-            ["created", "held", "submitting", *ACTIVE],
-            "failed",
+        failed = await self._move(
+            job,
+            "fail",
             detail=reason,
             error=reason[:300],
             next_check_at=self.clock() + GRACE,
@@ -356,7 +362,7 @@ class GenerationService:
             # Expired: released all the same. Unknown: the crash came before the hold.
             with contextlib.suppress(HoldNotPending, UnknownHold):
                 await self.ledger.void(f"void:{job.id}", job.hold_id)
-        released = await self.jobs.move(job.id, ["failed"], "released")
+        released = await self._move(job, "release")
         if released is not None:
             await self._progress(released, "progress_failed")
             reason_key = "job_timeout" if (job.error or "") == "timeout" else "job_failed_reason"
@@ -368,6 +374,19 @@ class GenerationService:
                     "job_reason": self.text(reason_key, job.locale),
                 },
             )
+
+    async def _move(
+        self, job: JobRecord, trigger: str, *, detail: str | None = None, **changes: Any
+    ) -> JobRecord | None:
+        """A move of the job lifecycle (flows.generation.lifecycle) by name: None when the
+        table does not allow it from the job's state, its guard is false, or another step
+        moved the job first (the compare-and-set in the store decides)."""
+        move = LIFECYCLE.plan(job, trigger, self.clock(), changes)
+        if move is None:
+            return None
+        return await self.jobs.move(
+            job.id, move.sources, move.dest, detail=detail, due_by=move.due_by, **changes
+        )
 
     async def _show(self, job: JobRecord, state: str, extra: dict[str, Any]) -> None:
         data = {**dict(job.request.get("data") or {}), **extra}
@@ -412,9 +431,7 @@ class GenerationService:
             log.warning("job %s: callback not confirmed yet: %s", job.id, exc)
             return True  # the poller will look again
         if job.task_id is None:
-            learned = await self.jobs.move(
-                job.id, ["submitting"], "submitted", task_id=confirmed.task_id
-            )
+            learned = await self._move(job, "accept", task_id=confirmed.task_id)
             job = learned or job
         await self.apply(job, confirmed)
         return True

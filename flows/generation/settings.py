@@ -25,6 +25,10 @@ class GenerationSettings(BaseSettings):
     poll_interval_s: float = Field(default=3, alias="POLL_INTERVAL_S", gt=0)
     poll_max_interval_s: float = Field(default=30, alias="POLL_MAX_INTERVAL_S", gt=0)
     sweep_interval_s: float = Field(default=15, alias="SWEEP_INTERVAL_S", gt=0)
+    # How long one sender holds a result's delivery: longer than every timeout inside it
+    # (download, upload, link), and short enough that a crashed sender's result is sent
+    # again soon. Well below the hold timeout, so a retried delivery is still charged.
+    delivery_lease_s: float = Field(default=300, alias="DELIVERY_LEASE_S", gt=0)
     # Comma-separated hosts, IP addresses or networks that result files may be downloaded
     # from although they are not public (flows.generation.safe_fetch). Empty in
     # production; `trt run` and the tests add their local fake KIE.
