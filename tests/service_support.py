@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import structlog
 import yaml
 from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
@@ -20,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from tests.harness import ROOT
-from trt.observability.logs import configure_logging
+from trt.observability.logs import configure_logging, logging_restored
 from trt.observability.metrics import REGISTRY
 
 # A flow of our own, so these tests do not follow the product's menus as they change; its
@@ -80,16 +78,11 @@ class Captured:
 @contextmanager
 def captured_logs(level: str = "INFO", secrets: list[str] | None = None) -> Iterator[Captured]:
     """The service's logging pipeline, as `trt serve` installs it, into a string."""
-    root = logging.getLogger()
-    before = root.level
     stream = io.StringIO()
-    handler = configure_logging(level=level, json_lines=True, secrets=secrets or [], stream=stream)
-    try:
+    # Restores what was there before (the error counter included), not just our handler.
+    with logging_restored():
+        configure_logging(level=level, json_lines=True, secrets=secrets or [], stream=stream)
         yield Captured(stream)
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(before)
-        structlog.reset_defaults()
 
 
 # ------------------------------------------------------------------ a database outage

@@ -38,6 +38,7 @@ from kie.client import KieClient
 from kie.errors import CreateOutcomeUnknown, KieError, NotFound
 from kie.task import TaskInfo
 from pricing.catalog import format_rub
+from storage.errors import is_unavailable
 from storage.jobs import JobRecord, JobStore
 from storage.ledger import HoldExpired, HoldNotPending, InsufficientFunds, Ledger, UnknownHold
 from storage.users import ensure_user
@@ -449,7 +450,10 @@ class GenerationService:
             try:
                 await self.check_due()
                 await self.ledger.expire_due()
-            except Exception:
-                log.exception("poller pass failed")
+            except Exception as exc:
+                if not is_unavailable(exc):
+                    log.exception("poller pass failed")
+                else:  # an outage is not a bug: one line, and the next pass tries again
+                    log.warning("poller pass skipped, database unavailable: %s", type(exc).__name__)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.poll_interval_s)
