@@ -53,14 +53,19 @@ class Refused(Exception):
         self.values = values
 
 
-def parse_user_id(raw: str) -> int:
+def parse_whole(raw: str, low: int, high: int, refusal: str) -> int:
+    """A whole number in [low, high], or the refusal `refusal` naming what was given."""
     try:
-        user_id = int(raw)
+        value = int(raw)
     except ValueError:
-        raise Refused("admin_bad_user_id", value=raw[:40]) from None
-    if not 0 < user_id <= MAX_USER_ID:
-        raise Refused("admin_bad_user_id", value=raw[:40])
-    return user_id
+        raise Refused(refusal, value=raw[:40]) from None
+    if not low <= value <= high:
+        raise Refused(refusal, value=raw[:40])
+    return value
+
+
+def parse_user_id(raw: str) -> int:
+    return parse_whole(raw, 1, MAX_USER_ID, "admin_bad_user_id")
 
 
 def parse_rubles(raw: str) -> int:
@@ -75,13 +80,7 @@ def parse_rubles(raw: str) -> int:
 
 
 def parse_uses(raw: str) -> int:
-    try:
-        uses = int(raw)
-    except ValueError:
-        raise Refused("admin_bad_uses", value=raw[:40]) from None
-    if not 0 < uses <= MAX_USES:
-        raise Refused("admin_bad_uses", value=raw[:40])
-    return uses
+    return parse_whole(raw, 1, MAX_USES, "admin_bad_uses")
 
 
 def parse_days(raw: str) -> float:

@@ -27,7 +27,6 @@ from tests.test_generation_e2e import (
     kie,
     order,
     stack,
-    until,
 )
 
 __all__ = ["kie", "stack"]  # fixtures, used by name
@@ -151,34 +150,3 @@ async def test_a_slow_delivery_is_not_sent_twice_when_others_step_in(
     assert sends == [1], "a second sender started while the first was still sending"
     assert len(calls_to(stack, 31, "sendPhoto")) == 1
     assert await available(stack, 31) == RICH - price
-
-
-async def test_a_dead_senders_lease_runs_out_and_the_result_is_sent_once_more(
-    stack: Stack, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    real = service_module.deliver_result
-
-    async def dies(*args: Any, **kwargs: Any) -> str:
-        raise RuntimeError("process died")
-
-    monkeypatch.setattr(service_module, "deliver_result", dies)
-    await fund(stack, 32, RICH)
-    chat = stack.chat(32)
-    price = await order(chat, "text_to_image")
-    await chat.tap("✅ Создать")
-
-    async def claimed() -> bool:
-        return (await job_of(stack, 32)).state == "delivering"
-
-    await until(claimed)
-    await stack.product.generation.drain()
-    monkeypatch.setattr(service_module, "deliver_result", real)
-    await pass_time(stack, 61)
-    await stack.product.generation.check_due()
-    assert (await job_of(stack, 32)).state == "delivering"  # the lease (300 s) still holds
-    await pass_time(stack, 300)
-    await stack.product.generation.check_due()
-    job = await final_job(stack, 32)
-    assert job.state == "charged"
-    assert len(calls_to(stack, 32, "sendPhoto")) == 1
-    assert await available(stack, 32) == RICH - price
