@@ -5,6 +5,12 @@ move with compare-and-set, run the action, save, answer, render. A tap that
 loses the compare-and-set (double tap, old message, old deploy, a second
 process) is answered with a notice and shown the current screen; it never
 runs an action, so no action runs twice for one screen.
+
+The claim records the pending run (engine.marks), so the same update delivered
+again after an outage finishes it under the same run key instead of finding
+the menu out of date; an outage inside an action is therefore raised, not
+apologised away, so that the transport refuses the update and Telegram
+delivers it again.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from engine.callback_data import Tap
 from engine.graph import BACK, INPUT, MAIN, OPTION, FlowGraph, button_trigger
 from engine.input_check import InputRejected, read_input
 from engine.loader import LoadedFlow
+from engine.marks import Marks, PendingRun, digest, product_data
 from engine.registry import Context, Outcome, Registry
 from engine.render import Renderer, Screen
 from engine.spec import Button, State
@@ -32,7 +39,12 @@ from engine.store import Snapshot, StateStore
 log = logging.getLogger("engine")
 
 Answer = Callable[..., Awaitable[None]]
+RetryLater = Callable[[BaseException], bool]
 _CAS_ATTEMPTS = 5
+
+
+def never(_: BaseException) -> bool:
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,12 +69,21 @@ class ActionFailed(Exception):
 
 
 class FlowEngine:
-    def __init__(self, flow: LoadedFlow, registry: Registry, store: StateStore) -> None:
+    def __init__(
+        self,
+        flow: LoadedFlow,
+        registry: Registry,
+        store: StateStore,
+        retry_later: RetryLater = never,
+    ) -> None:
+        """`retry_later` tells which errors a later delivery of the update can cure (the
+        product's database being down); `engine.telegram.install` may set it too."""
         self.flow = flow
         self.spec = flow.spec
         self.version = flow.version
         self.registry = registry
         self.store = store
+        self.retry_later = retry_later
         self.graph = FlowGraph(flow.spec)
         self.renderer = Renderer(flow, registry)
         self._buttons: dict[tuple[str, str], Button] = {
@@ -88,7 +109,7 @@ class FlowEngine:
             chat_id=where.chat_id,
             locale=locale,
             state=snap.state,
-            data=dict(snap.data),
+            data=product_data(snap.data),
             args=args or {},
             text=lambda key: self.renderer.product_text(key, locale),
         )
@@ -98,15 +119,48 @@ class FlowEngine:
             snap.state, snap.counter, snap.locale, lambda: self.context(where, snap)
         )
 
+    async def remember(
+        self, where: Where, snap: Snapshot, message_id: int, shown: str, forget: int | None = None
+    ) -> None:
+        """Notes what a message now shows, in place (same counter, so no button goes
+        stale). Best effort: losing the race or the database costs one refused edit
+        later, never the update, which has done its work already."""
+        marks = Marks.of(snap)
+        entry = marks.entry(message_id)
+        if entry is not None and entry[1] == shown and forget is None:
+            return
+        if forget is not None:
+            marks = marks.forgetting(forget)
+        marks = marks.showing(message_id, shown)
+        noted = Snapshot(snap.state, snap.counter, snap.locale, marks.apply(snap.data))
+        try:
+            await self.store.save(where.key, noted, snap.counter)
+        except Exception as exc:
+            log.info("could not note the screen of message %s: %r", message_id, exc)
+
     async def send(self, where: Where, snap: Snapshot, prefix: str | None = None) -> None:
         screen = await self.screen(where, snap)
         text = f"{prefix}\n\n{screen.text}" if prefix else screen.text
-        await where.bot.send_message(where.chat_id, text, reply_markup=screen.markup)
+        sent = await where.bot.send_message(where.chat_id, text, reply_markup=screen.markup)
+        await self.remember(where, snap, sent.message_id, digest(text, screen.markup))
 
-    async def show(self, where: Where, snap: Snapshot, message: Message | None) -> None:
-        """Put the screen on the tapped message; a new message when that cannot be edited."""
-        screen = await self.screen(where, snap)
+    async def show(
+        self,
+        where: Where,
+        snap: Snapshot,
+        message: Message | None,
+        source: str | None = None,
+        screen: Screen | None = None,
+    ) -> None:
+        """Put the screen on the tapped message; a new message when that cannot be edited.
+
+        Not at all when the message shows it already: Telegram would refuse the edit."""
+        if screen is None:
+            screen = await self.screen(where, snap)
+        shown = digest(screen.text, screen.markup)
         if message is not None:
+            if Marks.of(snap).shows(message.message_id, shown, source):
+                return
             try:
                 await where.bot.edit_message_text(
                     text=screen.text,
@@ -114,12 +168,17 @@ class FlowEngine:
                     message_id=message.message_id,
                     reply_markup=screen.markup,
                 )
-                return
             except TelegramBadRequest as exc:
                 if "not modified" in exc.message:
+                    await self.remember(where, snap, message.message_id, shown)
                     return
                 log.info("edit failed, sending a new message: %s", exc.message)
-        await where.bot.send_message(where.chat_id, screen.text, reply_markup=screen.markup)
+            else:
+                await self.remember(where, snap, message.message_id, shown)
+                return
+        sent = await where.bot.send_message(where.chat_id, screen.text, reply_markup=screen.markup)
+        forget = message.message_id if message is not None else None
+        await self.remember(where, snap, sent.message_id, shown, forget=forget)
 
     async def load_or_create(self, where: Where) -> Snapshot:
         for _ in range(_CAS_ATTEMPTS):
@@ -144,7 +203,10 @@ class FlowEngine:
         locale = self.locale_of(where.user)
         for _ in range(_CAS_ATTEMPTS):
             snap = await self.store.load(where.key)
-            fresh = Snapshot(self.spec.root, (snap.counter + 1) if snap else 1, locale, {})
+            marks = Marks.of(snap).moved() if snap else Marks()
+            fresh = Snapshot(
+                self.spec.root, (snap.counter + 1) if snap else 1, locale, marks.apply({})
+            )
             if await self.store.save(where.key, fresh, snap.counter if snap else None):
                 await self.send(where, fresh)
                 return
@@ -164,7 +226,8 @@ class FlowEngine:
 
         For work that finishes after its update was answered (a generation's result,
         a payment): like aiogram-dialog's background manager, the product says where
-        the user now is; older screens go stale as after any move.
+        the user now is; older screens go stale as after any move, and so does a tap
+        still pending (the user is elsewhere now).
         """
         declared = self.spec.states[state].pushed if state in self.spec.states else None
         if declared is None:
@@ -174,7 +237,10 @@ class FlowEngine:
         where = Where(bot, chat_id, User(id=user_id, is_bot=False, first_name=str(user_id)))
         for _ in range(_CAS_ATTEMPTS):
             snap = await self.load_or_create(where)
-            moved = Snapshot(state, snap.counter + 1, snap.locale, {**snap.data, **(data or {})})
+            merged = {**product_data(snap.data), **(data or {})}
+            moved = Snapshot(
+                state, snap.counter + 1, snap.locale, Marks.of(snap).moved().apply(merged)
+            )
             if await self.store.save(where.key, moved, snap.counter):
                 await self.send(where, moved)
                 return
@@ -184,28 +250,89 @@ class FlowEngine:
 
     async def on_callback(self, where: Where, query: CallbackQuery, answer: Answer) -> None:
         message = query.message if isinstance(query.message, Message) else None
+        source = f"q:{query.id}"
         snap = await self.load_or_create(where)
+        marks = Marks.of(snap)
+        if marks.run is not None and marks.run.by == source and self.resumable(marks.run):
+            # Telegram delivers again a tap whose action an outage cut off.
+            await self.finish(where, snap, marks.run, message, answer)
+            return
+        if marks.by == source:
+            await self.handled_already(where, snap, message, answer)
+            return
         tap = callback_data.decode(query.data)
         if (
             tap is None
             or tap.version != self.version
             or not callback_data.same_counter(tap, snap.counter)
         ):
-            await self.stale(where, snap, message, answer)
+            await self.stale(where, snap, message, answer, source)
             return
-        await self.move(where, snap, tap, message, answer)
+        await self.move(where, snap, tap, message, answer, source)
 
-    async def stale(
+    async def handled_already(
         self, where: Where, snap: Snapshot, message: Message | None, answer: Answer
     ) -> None:
+        """A redelivery of the update that made the current screen: its work is done;
+        what may be missing is the answer and the screen."""
+        marks = Marks.of(snap)
+        if marks.notice is not None:
+            key, alert = marks.notice
+            await answer(self.renderer.product_text(key, snap.locale), show_alert=alert)
+        else:
+            await answer()
+        await self.show(where, snap, message, marks.by)
+
+    async def stale(
+        self,
+        where: Where,
+        snap: Snapshot,
+        message: Message | None,
+        answer: Answer,
+        source: str | None = None,
+    ) -> None:
         await answer(self.renderer.system("stale", snap.locale))
-        await self.show(where, snap, message)
+        await self.show(where, snap, message, source)
+
+    async def settle(
+        self,
+        where: Where,
+        source: str,
+        message: Message | None,
+        answer: Answer,
+        claimed: int | None = None,
+    ) -> None:
+        """After losing a compare-and-set: the winner may be this same update delivered
+        twice at once (Telegram gave up waiting on a slow first delivery, and another
+        process got it), which is not a stale tap. If that delivery claimed the action,
+        this one runs it too, under the same run key: acknowledging this one while the
+        other fails would lose the tap, and the run key keeps the effect single.
+        `claimed`: the counter this delivery claimed itself, never resumed twice."""
+        current = await self.load_or_create(where)
+        marks = Marks.of(current)
+        if marks.by == source:
+            await self.handled_already(where, current, message, answer)
+        elif (
+            marks.run is not None
+            and marks.run.by == source
+            and current.counter != claimed
+            and self.resumable(marks.run)
+        ):
+            await self.finish(where, current, marks.run, message, answer)
+        else:
+            await self.stale(where, current, message, answer, source)
 
     async def move(
-        self, where: Where, snap: Snapshot, tap: Tap, message: Message | None, answer: Answer
+        self,
+        where: Where,
+        snap: Snapshot,
+        tap: Tap,
+        message: Message | None,
+        answer: Answer,
+        source: str,
     ) -> None:
         state = snap.state
-        data = snap.data
+        changes: dict[str, Any] = {}
         action: str | None = None
         args: dict[str, Any] = {}
         if tap.button == callback_data.BACK_ID:
@@ -216,31 +343,43 @@ class FlowEngine:
             options = self.spec.states[state].options
             assert tap.value is not None
             if options is None or not await self.option_exists(where, snap, tap.value):
-                await self.stale(where, snap, message, answer)
+                await self.stale(where, snap, message, answer, source)
                 return
             trigger, action = OPTION, options.action
-            data = {**data, options.store: tap.value}
+            changes = {options.store: tap.value}
         else:
             button = self._buttons.get((state, tap.button))
             if button is None:
-                await self.stale(where, snap, message, answer)
+                await self.stale(where, snap, message, answer, source)
                 return
             trigger, action, args = button_trigger(button.id), button.action, dict(button.args)
-            if button.set:
-                data = {**data, **button.set}
+            changes = dict(button.set)
         dests = self.graph.dests(state, trigger)
         if not dests:
-            await self.stale(where, snap, message, answer)
+            await self.stale(where, snap, message, answer, source)
             return
         if action is not None:
-            await self.run_action(where, snap, action, args, data, dests, message, answer)
+            run = PendingRun(source, action, args, changes, dests)
+            await self.run_action(where, snap, run, message, answer)
             return
+        data = {**product_data(snap.data), **changes}
         moved = Snapshot(dests[0], snap.counter + 1, snap.locale, data)
+        moved, screen = await self.with_screen(where, moved, Marks.of(snap).moved(source), message)
         if not await self.store.save(where.key, moved, snap.counter):
-            await self.stale(where, await self.load_or_create(where), message, answer)
+            await self.settle(where, source, message, answer)
             return
         await answer()
-        await self.show(where, moved, message)
+        await self.show(where, moved, message, source, screen)
+
+    async def with_screen(
+        self, where: Where, snap: Snapshot, marks: Marks, message: Message | None
+    ) -> tuple[Snapshot, Screen]:
+        """The snapshot with `marks`, noting the screen it is about to put on `message`,
+        so that the move and the note are one write."""
+        screen = await self.screen(where, snap)
+        if message is not None and marks.by is not None:
+            marks = marks.showing(message.message_id, digest(screen.text, screen.markup), marks.by)
+        return Snapshot(snap.state, snap.counter, snap.locale, marks.apply(snap.data)), screen
 
     async def option_exists(self, where: Where, snap: Snapshot, value: str) -> bool:
         options = self.spec.states[snap.state].options
@@ -248,52 +387,96 @@ class FlowEngine:
         found = await self.renderer.options(self.context(where, snap), options)
         return any(o.value == value for o in found)
 
+    def resumable(self, run: PendingRun) -> bool:
+        """A deploy may have removed what the pending run needs; then it is dropped."""
+        return run.action in self.registry.actions and all(
+            s in self.spec.states for s in run.allowed
+        )
+
     async def run_action(
         self,
         where: Where,
         snap: Snapshot,
-        name: str,
-        args: dict[str, Any],
-        data: dict[str, Any],
-        allowed: tuple[str, ...],
+        run: PendingRun,
         message: Message | None,
         answer: Answer,
     ) -> None:
-        """Claim, run, save: the claim is what makes a second tap unable to run it again.
+        """Claim, run, save: the claim is what makes a second tap unable to run it again,
+        and what lets the same tap, delivered again, finish it.
 
-        `allowed[0]` is where the action goes by default (the button's `to`, or
+        `run.allowed[0]` is where the action goes by default (the button's `to`, or
         its own state); an action may pick any other declared outcome.
         """
-        action = self.registry.actions.get(name)
-        if action is None:
+        if run.action not in self.registry.actions:
             await answer(self.renderer.system("coming_soon", snap.locale))
             return
-        claimed = Snapshot(snap.state, snap.counter + 1, snap.locale, snap.data)
+        marks = Marks.of(snap).claimed(run)
+        claimed = Snapshot(snap.state, snap.counter + 1, snap.locale, marks.apply(snap.data))
         if not await self.store.save(where.key, claimed, snap.counter):
-            await self.stale(where, await self.load_or_create(where), message, answer)
+            await self.settle(where, run.by, message, answer)
             return
-        ctx = self.context(where, claimed, args)
-        ctx.data = dict(data)
+        await self.finish(where, claimed, run, message, answer)
+
+    async def finish(
+        self,
+        where: Where,
+        claimed: Snapshot,
+        run: PendingRun,
+        message: Message | None,
+        answer: Answer,
+    ) -> None:
+        """Runs a claimed action, the first time or again after an outage: the run key is
+        the claim's, so the product's effects keyed by it happen once."""
+        action = self.registry.actions[run.action]
+        ctx = self.context(where, claimed, run.args)
+        ctx.data = {**ctx.data, **run.changes}
         ctx.run_key = f"{where.key}:{claimed.counter}"
         try:
             outcome = await action(ctx) or Outcome()
-            dest = outcome.to or allowed[0]
-            if dest not in allowed:
-                raise ValueError(f"action {name!r} chose undeclared state {dest!r}")
-        except Exception:
-            error_id = secrets.token_hex(3)
-            log.exception("action %s failed [error %s] in %s", name, error_id, where.key)
-            text = self.renderer.system("error", snap.locale).format(error_id=error_id)
-            await answer(text, show_alert=True)
-            await self.show(where, claimed, message)
+            dest = outcome.to or run.allowed[0]
+            if dest not in run.allowed:
+                raise ValueError(f"action {run.action!r} chose undeclared state {dest!r}")
+        except Exception as exc:
+            if self.retry_later(exc):
+                # The claim and its pending run stay: the update is refused, and its
+                # redelivery runs the action again. The apology is the transport's.
+                raise
+            await self.failed(where, claimed, run, message, answer)
             return
-        done = Snapshot(dest, claimed.counter + 1, snap.locale, ctx.data)
+        notice = (outcome.notice, outcome.notice_alert) if outcome.notice else None
+        done = Snapshot(dest, claimed.counter + 1, claimed.locale, product_data(ctx.data))
+        marks = Marks.of(claimed).moved(run.by, notice)
+        done, screen = await self.with_screen(where, done, marks, message)
         if not await self.store.save(where.key, done, claimed.counter):
             # Someone (a /start) moved the conversation while the action ran.
-            await self.stale(where, await self.load_or_create(where), message, answer)
+            await self.settle(where, run.by, message, answer, claimed.counter)
             return
-        await self.answer_outcome(outcome, snap.locale, answer)
-        await self.show(where, done, message)
+        await self.answer_outcome(outcome, claimed.locale, answer)
+        await self.show(where, done, message, run.by, screen)
+
+    async def failed(
+        self,
+        where: Where,
+        claimed: Snapshot,
+        run: PendingRun,
+        message: Message | None,
+        answer: Answer,
+    ) -> None:
+        """A failure a redelivery would not cure: an apology with an id, and the screen
+        redrawn with fresh buttons so the user can try again. The pending run is
+        dropped, so a stray redelivery does not run the action again."""
+        error_id = secrets.token_hex(3)
+        log.exception("action %s failed [error %s] in %s", run.action, error_id, where.key)
+        text = self.renderer.system("error", claimed.locale).format(error_id=error_id)
+        await answer(text, show_alert=True)
+        again = Snapshot(claimed.state, claimed.counter + 1, claimed.locale, claimed.data)
+        again, screen = await self.with_screen(
+            where, again, Marks.of(claimed).moved(run.by), message
+        )
+        if await self.store.save(where.key, again, claimed.counter):
+            await self.show(where, again, message, run.by, screen)
+        else:
+            await self.show(where, await self.load_or_create(where), message, run.by)
 
     async def answer_outcome(self, outcome: Outcome, locale: str, answer: Answer) -> None:
         if outcome.notice:
@@ -305,7 +488,22 @@ class FlowEngine:
     # ---- messages ------------------------------------------------------------
 
     async def on_message(self, where: Where, message: Message) -> None:
+        source = f"m:{message.message_id}"
+
+        async def notify(text: str | None = None, show_alert: bool = False) -> None:
+            # A message has no callback to answer: a notice is a message of its own.
+            if text:
+                await where.bot.send_message(where.chat_id, text)
+
         snap = await self.load_or_create(where)
+        marks = Marks.of(snap)
+        if marks.run is not None and marks.run.by == source and self.resumable(marks.run):
+            await self.finish(where, snap, marks.run, None, notify)
+            return
+        if marks.by == source:
+            # Delivered again after it moved the conversation: the screen may be missing.
+            await self.handled_already(where, snap, None, notify)
+            return
         st: State = self.spec.states[snap.state]
         if st.input is None:
             hint = self.renderer.system("unexpected_input", snap.locale)
@@ -317,19 +515,16 @@ class FlowEngine:
             error = self.renderer.local(st.input.error, snap.locale)
             await self.send(where, snap, prefix=error)
             return
-        data = {**snap.data, st.input.store: value}
+        changes = {st.input.store: value}
+        allowed = self.graph.dests(snap.state, INPUT)
         if st.input.action is not None:
-
-            async def notify(text: str | None = None, show_alert: bool = False) -> None:
-                # A message has no callback to answer: a notice is a message of its own.
-                if text:
-                    await where.bot.send_message(where.chat_id, text)
-
-            allowed = self.graph.dests(snap.state, INPUT)
-            await self.run_action(where, snap, st.input.action, {}, data, allowed, None, notify)
+            run = PendingRun(source, st.input.action, {}, changes, allowed)
+            await self.run_action(where, snap, run, None, notify)
             return
-        dest = self.graph.dests(snap.state, INPUT)[0]
-        moved = Snapshot(dest, snap.counter + 1, snap.locale, data)
+        data = {**product_data(snap.data), **changes}
+        moved = Snapshot(
+            allowed[0], snap.counter + 1, snap.locale, Marks.of(snap).moved(source).apply(data)
+        )
         if not await self.store.save(where.key, moved, snap.counter):
             current = await self.load_or_create(where)
             await self.send(where, current, prefix=self.renderer.system("stale", snap.locale))

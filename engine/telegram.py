@@ -9,8 +9,10 @@ CallbackAnswerMiddleware).
 An error that a later delivery can cure (the product says which: the database
 being down) still gets the user an apology, and then `UpdateNotProcessed` is
 raised out of the dispatcher, so the transport does not acknowledge the update
-and Telegram delivers it again. A user who blocked the bot gets no apology: it
-could not reach them.
+and Telegram delivers it again. The engine knows the same predicate, so that
+such an error inside an action reaches here instead of being apologised for and
+acknowledged there (its redelivery finishes the action). A user who blocked the
+bot gets no apology: it could not reach them.
 """
 
 from __future__ import annotations
@@ -25,16 +27,13 @@ from aiogram.exceptions import TelegramAPIError, TelegramForbiddenError
 from aiogram.filters import CommandStart
 from aiogram.types import CallbackQuery, Message, TelegramObject, User
 
-from engine.runtime import FlowEngine, Where
+from engine.runtime import FlowEngine, RetryLater, Where
+
+__all__ = ["AnswerOnce", "RetryLater", "UpdateNotProcessed", "build_router", "install"]
 
 log = logging.getLogger("engine")
 
 Handler = Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]]
-RetryLater = Callable[[BaseException], bool]
-
-
-def _never(_: BaseException) -> bool:
-    return False
 
 
 class UpdateNotProcessed(Exception):
@@ -76,9 +75,10 @@ def _error_text(engine: FlowEngine, user: User | None) -> tuple[str, str]:
 
 
 class CallbackAnswers(BaseMiddleware):
-    def __init__(self, engine: FlowEngine, retry_later: RetryLater = _never) -> None:
+    """Reads the predicate from the engine, so the two never disagree."""
+
+    def __init__(self, engine: FlowEngine) -> None:
         self.engine = engine
-        self.retry_later = retry_later
 
     async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
         assert isinstance(event, CallbackQuery)
@@ -93,7 +93,7 @@ class CallbackAnswers(BaseMiddleware):
             error_id, text = _error_text(self.engine, event.from_user)
             log.exception("callback %s failed [error %s]", event.id, error_id)
             await answer(text, show_alert=True)
-            if self.retry_later(exc):
+            if self.engine.retry_later(exc):
                 raise UpdateNotProcessed(error_id) from exc
             return None
         finally:
@@ -103,9 +103,8 @@ class CallbackAnswers(BaseMiddleware):
 class MessageErrors(BaseMiddleware):
     """A failing message handler still gets the user an apology with an error id."""
 
-    def __init__(self, engine: FlowEngine, retry_later: RetryLater = _never) -> None:
+    def __init__(self, engine: FlowEngine) -> None:
         self.engine = engine
-        self.retry_later = retry_later
 
     async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
         assert isinstance(event, Message)
@@ -121,7 +120,7 @@ class MessageErrors(BaseMiddleware):
                 await data["bot"].send_message(event.chat.id, text)
             except TelegramAPIError as apology_failed:
                 log.warning("could not send the apology for %s: %s", error_id, apology_failed)
-            if self.retry_later(exc):
+            if self.engine.retry_later(exc):
                 raise UpdateNotProcessed(error_id) from exc
             return None
 
@@ -147,10 +146,15 @@ def build_router(engine: FlowEngine) -> Router:
     return router
 
 
-def install(dispatcher: Dispatcher, engine: FlowEngine, retry_later: RetryLater = _never) -> None:
+def install(
+    dispatcher: Dispatcher, engine: FlowEngine, retry_later: RetryLater | None = None
+) -> None:
     """Answers and errors at the dispatcher, so product routers included later are covered too.
 
-    `retry_later` picks the errors after which the update is not acknowledged."""
-    dispatcher.callback_query.outer_middleware(CallbackAnswers(engine, retry_later))
-    dispatcher.message.outer_middleware(MessageErrors(engine, retry_later))
+    `retry_later` picks the errors after which the update is not acknowledged; given
+    here, it becomes the engine's too (see FlowEngine), else the engine's is used."""
+    if retry_later is not None:
+        engine.retry_later = retry_later
+    dispatcher.callback_query.outer_middleware(CallbackAnswers(engine))
+    dispatcher.message.outer_middleware(MessageErrors(engine))
     dispatcher.include_router(build_router(engine))
