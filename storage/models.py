@@ -378,6 +378,9 @@ class Payment(SQLModel, table=True):
     # The cause of the refund that marked it (the admin's command): a redelivery of that
     # command resumes the refund it started instead of calling it a second refund.
     refund_key: str | None = Field(default=None, sa_column=Column(String(64), nullable=True))
+    # When the user's receipt was sent: until then a redelivered successful_payment
+    # sends it (again), so a receipt Telegram did not take is not lost.
+    receipt_at: datetime | None = _utc_column(nullable=True)
     created_at: datetime = _utc_column()
 
 

@@ -61,6 +61,7 @@ class PaymentRecord:
     credit: int
     refunded_at: datetime | None
     refund_key: str | None
+    receipt_at: datetime | None
 
 
 class PaymentStore:
@@ -83,7 +84,7 @@ class PaymentStore:
 
     async def record_payment(self, **values: Any) -> tuple[PaymentRecord, bool]:
         """The payment for `values["charge_id"]`: new (True) or already known (False)."""
-        row = {"created_at": self.clock(), "refunded_at": None, **values}
+        row = {"created_at": self.clock(), "refunded_at": None, "receipt_at": None, **values}
         async with write_transaction(self.engine) as conn:
             made = await conn.execute(
                 insert_if_absent(conn.dialect.name, _payments, ["charge_id"], row)
@@ -126,6 +127,14 @@ class PaymentStore:
                 .values(refunded_at=self.clock(), refund_key=key)
             )
         return moved.rowcount == 1
+
+    async def mark_receipt_sent(self, charge_id: str) -> None:
+        async with write_transaction(self.engine) as conn:
+            await conn.execute(
+                update(_payments)
+                .where(_payments.c.charge_id == charge_id, _payments.c.receipt_at.is_(None))
+                .values(receipt_at=self.clock())
+            )
 
     async def unmark_refunded(self, charge_id: str, key: str) -> None:
         async with write_transaction(self.engine) as conn:
@@ -261,4 +270,5 @@ def _payment(row: Any) -> PaymentRecord:
         credit=row["credit"],
         refunded_at=_utc(row["refunded_at"]),
         refund_key=row["refund_key"],
+        receipt_at=_utc(row["receipt_at"]),
     )

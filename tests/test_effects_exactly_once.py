@@ -247,3 +247,43 @@ async def test_a_refund_whose_reply_is_lost_resumes_and_debits_once(stack: Stack
     assert await available(stack, 47) == 0
     assert CREDIT > 0
     await check_invariants(stack.product.services.db)
+
+
+async def test_a_refund_whose_answer_is_lost_is_finished_by_the_redelivery(
+    stack: Stack,
+) -> None:
+    """Telegram refunded the Stars but its answer never came: the command is refused
+    (503), not called failed; its redelivery learns CHARGE_ALREADY_REFUNDED and takes the
+    credit back once. Neither the Stars nor the balance are given twice."""
+    chat = stack.chat(48)
+    params = await invoice(chat)
+    await pay(stack, chat, params, "charge-48")
+    update = command(stack, "/refund charge-48")
+    stack.api.inject_lost_answer("refundStarPayment")
+    assert await stack.post(update) == 503
+    assert "charge-48" in stack.api.refunded
+    before = len(stack.api.calls)
+    assert await stack.post(update) == 200
+    assert replies(stack, before) == [t("refund_done")]
+    assert await available(stack, 48) == 0
+    assert await rows(stack, "SELECT COUNT(*) FROM holds WHERE state = 'pending'") == [(0,)]
+    await check_invariants(stack.product.services.db)
+
+
+async def test_a_receipt_telegram_did_not_take_is_sent_on_redelivery(stack: Stack) -> None:
+    chat = stack.chat(49)
+    params = await invoice(chat)
+    update = stack.api.make_successful_payment_update(
+        49, 49, params["payload"], "XTR", 100, charge_id="charge-49"
+    )
+    stack.api.inject_error("sendMessage", 502, "Bad Gateway")
+    assert await stack.post(update) == 503
+    assert await available(stack, 49) == CREDIT  # credited, the receipt not yet sent
+    assert await stack.post(update) == 200
+    assert await stack.post(update) == 200
+    assert await available(stack, 49) == CREDIT
+    receipts = [
+        c for c in stack.api.calls_of("sendMessage")
+        if not c.failed and "Оплата получена" in str(c.params.get("text"))
+    ]  # fmt: skip
+    assert len(receipts) == 1

@@ -150,3 +150,20 @@ async def test_a_slow_delivery_is_not_sent_twice_when_others_step_in(
     assert sends == [1], "a second sender started while the first was still sending"
     assert len(calls_to(stack, 31, "sendPhoto")) == 1
     assert await available(stack, 31) == RICH - price
+
+
+async def test_a_result_telegram_fails_to_take_is_sent_again_not_sold_unseen(
+    stack: Stack,
+) -> None:
+    """Telegram answers 5xx to the result: the job is not marked delivered (nor charged)
+    until a later pass has sent it."""
+    stack.api.inject_error("sendPhoto", 502, "Bad Gateway")
+    await fund(stack, 33, RICH)
+    chat = stack.chat(33)
+    price = await order(chat, "text_to_image")
+    await chat.tap("✅ Создать")
+    job = await final_job(stack, 33)
+    assert job.state == "charged"
+    photos = [c for c in stack.api.calls_of("sendPhoto") if int(c.params["chat_id"]) == 33]
+    assert [c.failed for c in photos] == [True, False]
+    assert await available(stack, 33) == RICH - price

@@ -9,7 +9,8 @@ Create Date: 2026-12-02
   transfer.
 - `payments.order_id` may be NULL: a `successful_payment` for an order the bot does
   not know is kept as an orphan payment (credit 0) that /refund can give back;
-  `payments.refund_key` names the command that refunds it, so its redelivery resumes.
+  `payments.refund_key` names the command that refunds it, so its redelivery resumes;
+  `payments.receipt_at` says the receipt went out, so a redelivery sends a lost one.
 """
 
 from __future__ import annotations
@@ -33,12 +34,16 @@ def upgrade() -> None:
     with op.batch_alter_table("payments", schema=None) as batch_op:
         batch_op.alter_column("order_id", existing_type=sa.String(length=32), nullable=True)
         batch_op.add_column(sa.Column("refund_key", sa.String(length=64), nullable=True))
+        batch_op.add_column(sa.Column("receipt_at", sa.DateTime(timezone=True), nullable=True))
+    # Payments made before this revision had their receipts sent then.
+    op.execute("UPDATE payments SET receipt_at = created_at")
 
 
 def downgrade() -> None:
     # Orphan payments have no order to point at: they cannot survive the old schema.
     op.execute("DELETE FROM payments WHERE order_id IS NULL")
     with op.batch_alter_table("payments", schema=None) as batch_op:
+        batch_op.drop_column("receipt_at")
         batch_op.drop_column("refund_key")
         batch_op.alter_column("order_id", existing_type=sa.String(length=32), nullable=False)
     with op.batch_alter_table("admin_audit", schema=None) as batch_op:

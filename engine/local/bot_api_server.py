@@ -203,6 +203,7 @@ class FakeBotAPI:
         self._answered: set[str] = set()
         self._errors: dict[str, list[ApiError]] = {}
         self._drops: dict[str, int] = {}
+        self._lost: dict[str, int] = {}
         self.refunded: set[str] = set()  # charge ids refunded: a second refund is refused
         self._updates: list[JSONDict] = []
         self._last_message_id: dict[int, int] = {}
@@ -264,6 +265,11 @@ class FakeBotAPI:
         """The next `times` calls of `method` get no answer: the connection is cut, as when
         Telegram is unreachable (aiogram raises TelegramNetworkError)."""
         self._drops[method.lower()] = self._drops.get(method.lower(), 0) + times
+
+    def inject_lost_answer(self, method: str, times: int = 1) -> None:
+        """The next `times` calls of `method` are performed, then their answer is cut off:
+        the caller cannot know that it happened (a timeout)."""
+        self._lost[method.lower()] = self._lost.get(method.lower(), 0) + times
 
     async def wait_for_call(
         self,
@@ -422,6 +428,10 @@ class FakeBotAPI:
             self._record(Call(method, params, token, at, True, error.body(), files))
             return web.json_response(error.body(), status=error.code)
         self._record(Call(method, params, token, at, False, result, files))
+        if self._lost.get(method.lower(), 0) > 0 and request.transport is not None:
+            # Done, then the answer is lost: what a client's timeout leaves it not knowing.
+            self._lost[method.lower()] -= 1
+            request.transport.abort()
         return web.json_response({"ok": True, "result": result})
 
     async def _download(self, request: web.Request) -> web.Response:

@@ -28,7 +28,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from aiogram import Bot
-from aiogram.exceptions import TelegramAPIError
+from aiogram.exceptions import (
+    TelegramAPIError,
+    TelegramNetworkError,
+    TelegramRetryAfter,
+    TelegramServerError,
+)
 
 from flows.generation.delivery import deliver_result
 from flows.generation.lifecycle import ACTIVE, LIFECYCLE, UNFINISHED
@@ -318,6 +323,13 @@ class GenerationService:
                     link,
                     fetcher=self.fetcher,
                 )
+        except (TelegramNetworkError, TelegramServerError, TelegramRetryAfter) as exc:
+            # Telegram out of reach for now: not delivered (or not all of it). The lease
+            # is given back early, so the next pass sends it again soon; never sold unseen.
+            retry_at = self.clock() + timedelta(seconds=self.settings.poll_interval_s)
+            await self.jobs.update(job.id, next_check_at=retry_at)
+            log.warning("job %s: delivery not done, Telegram unavailable: %s", job.id, exc)
+            return
         except TelegramAPIError as exc:
             # The user blocked the bot or the chat is gone: the result exists, so it is sold.
             log.warning("job %s: delivery failed for good: %s", job.id, exc)

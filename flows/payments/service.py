@@ -22,7 +22,12 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 from aiogram import Bot
-from aiogram.exceptions import TelegramAPIError
+from aiogram.exceptions import (
+    TelegramAPIError,
+    TelegramNetworkError,
+    TelegramRetryAfter,
+    TelegramServerError,
+)
 from aiogram.types import LabeledPrice
 
 from flows.generation.service import Pusher, rub
@@ -124,7 +129,7 @@ class PaymentsService:
         if order is None:
             await self._orphan(user_id, currency, amount, charge_id, provider_charge_id)
             return
-        payment, new = await self.store.record_payment(
+        payment, _ = await self.store.record_payment(
             charge_id=charge_id,
             order_id=order.id,
             user_id=user_id,
@@ -143,11 +148,14 @@ class PaymentsService:
             note=order.package_id,
         )
         await self._referral_bonus(user_id)
-        if not new:
-            return  # a redelivered update: credited above (idempotently), receipt already sent
+        if payment.receipt_at is not None:
+            return  # a redelivered update: credited above (idempotently), receipt sent
+        # At least once: marked only after it was sent, so a receipt Telegram did not take
+        # is sent again when the update comes back (a crash in between may send it twice).
         receipt = self.text("receipt", locale).format(amount=rub(payment.credit))
         await self.bot.send_message(chat_id, receipt)
         await self.screens.push(self.bot, chat_id, user_id, "balance", {})
+        await self.store.mark_receipt_sent(charge_id)
 
     async def _orphan(
         self,
@@ -257,9 +265,15 @@ class PaymentsService:
             return "refund_again"
         try:
             await self.bot.refund_star_payment(payment.user_id, charge_id)
+        except (TelegramNetworkError, TelegramServerError, TelegramRetryAfter):
+            # No answer, or not now: Telegram may have refunded already. The hold and the
+            # mark stay; the command's redelivery asks again (Telegram then says
+            # CHARGE_ALREADY_REFUNDED if it did) and finishes the refund.
+            log.warning("refundStarPayment %s: outcome unknown; retried on redelivery", charge_id)
+            raise
         except TelegramAPIError as exc:
             if ALREADY_REFUNDED not in str(exc):
-                log.warning("refundStarPayment %s failed: %s", charge_id, exc)
+                log.warning("refundStarPayment %s refused: %s", charge_id, exc)
                 await self._release(payment, key)
                 await self.store.unmark_refunded(charge_id, key)
                 return "refund_failed"
