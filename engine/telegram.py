@@ -47,12 +47,13 @@ class UpdateNotProcessed(Exception):
 class AnswerOnce:
     """Answers one callback query at most once, whoever calls it first."""
 
-    __slots__ = ("bot", "done", "query_id")
+    __slots__ = ("bot", "done", "error", "query_id")
 
     def __init__(self, bot: Bot, query_id: str) -> None:
         self.bot = bot
         self.query_id = query_id
         self.done = False
+        self.error: TelegramAPIError | None = None  # why the one answer failed, if it did
 
     async def __call__(self, text: str | None = None, show_alert: bool = False) -> None:
         if self.done:
@@ -61,6 +62,7 @@ class AnswerOnce:
         try:
             await self.bot.answer_callback_query(self.query_id, text=text, show_alert=show_alert)
         except TelegramAPIError as exc:
+            self.error = exc
             log.warning("answerCallbackQuery %s failed: %s", self.query_id, exc)
 
 
@@ -84,20 +86,24 @@ class CallbackAnswers(BaseMiddleware):
         assert isinstance(event, CallbackQuery)
         answer = AnswerOnce(data["bot"], event.id)
         data["answer"] = answer
+        result: Any = None
         try:
-            return await handler(event, data)
+            result = await handler(event, data)
         except TelegramForbiddenError as exc:
             log.info("callback %s: the user blocked the bot (%s)", event.id, exc.message)
-            return None
         except Exception as exc:
             error_id, text = _error_text(self.engine, event.from_user)
             log.exception("callback %s failed [error %s]", event.id, error_id)
             await answer(text, show_alert=True)
             if self.engine.retry_later(exc):
                 raise UpdateNotProcessed(error_id) from exc
-            return None
         finally:
             await answer()
+        if answer.error is not None and self.engine.retry_later(answer.error):
+            # The answer did not reach Telegram for now (the spinner still turns): refuse
+            # the update, so that its redelivery, which finds the work done, answers it.
+            raise UpdateNotProcessed("unanswered") from answer.error
+        return result
 
 
 class MessageErrors(BaseMiddleware):

@@ -484,3 +484,30 @@ async def test_a_promo_code_cut_off_mid_step_is_applied_once_on_redelivery(
     assert await stack.post(update) == 200  # handled: nothing more
     assert await available(stack, 38) == 30_00
     await check_invariants(stack.product.services.db)
+
+
+@pytest.mark.parametrize("failure", ["5xx", "cut"])
+async def test_an_answer_telegram_did_not_take_is_given_by_the_redelivery(
+    migrated_database_url: str, failure: str
+) -> None:
+    """answerCallbackQuery fails for now (5xx, connection cut): the spinner would turn
+    forever, so the update is refused and its redelivery answers it; the move is made
+    once."""
+    async with running_stack(db_url=migrated_database_url) as stack:
+        chat = stack.chat(61)
+        await chat.send("/start")
+        data = chat.screen().data_of("💰 Баланс")
+        update = stack.api.make_callback_update(61, 61, chat.screen_message or 0, data)
+        query = update["callback_query"]["id"]
+        if failure == "5xx":
+            stack.api.inject_error("answerCallbackQuery", 502, "Bad Gateway")
+        else:
+            stack.api.inject_disconnect("answerCallbackQuery")
+        assert await stack.post(update) == 503
+        await chat.post(update)  # the redelivery: acknowledged (200)
+        answers = [
+            c for c in stack.api.calls_of("answerCallbackQuery")
+            if c.params["callback_query_id"] == query
+        ]  # fmt: skip
+        assert [c.failed for c in answers] == [True, False]
+        assert chat.screen().text.startswith("Баланс")
