@@ -410,6 +410,9 @@ class PromoRedemption(SQLModel, table=True):
     )
     user_id: int = Field(sa_column=Column(BigInteger, ForeignKey("users.id"), primary_key=True))
     at: datetime = _utc_column()
+    # The screen run that claimed it: that run, resumed after an outage, is told "ok"
+    # again; any other attempt by the same user is told "already used".
+    run_key: str | None = Field(default=None, sa_column=Column(String(64), nullable=True))
 
 
 class AdminAudit(SQLModel, table=True):

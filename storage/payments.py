@@ -161,16 +161,22 @@ class PaymentStore:
             return None
         return int(promo.amount)
 
-    async def redeemed(self, code: str, user_id: int) -> bool:
+    async def redeemed_by(self, code: str, user_id: int) -> str | None:
+        """The run key that redeemed `code` for this user ("" for an older row), or None
+        when the user has not redeemed it."""
         async with self.engine.connect() as conn:
-            found = await conn.scalar(
-                select(_redemptions.c.user_id).where(
-                    _redemptions.c.code == code, _redemptions.c.user_id == user_id
+            row = (
+                await conn.execute(
+                    select(_redemptions.c.run_key).where(
+                        _redemptions.c.code == code, _redemptions.c.user_id == user_id
+                    )
                 )
-            )
-        return found is not None
+            ).first()
+        return None if row is None else (row.run_key or "")
 
-    def promo_claim(self, code: str, user_id: int) -> Callable[[AsyncConnection, Any], Any]:
+    def promo_claim(
+        self, code: str, user_id: int, run_key: str
+    ) -> Callable[[AsyncConnection, Any], Any]:
         """The claim of one use of `code`, to run inside the ledger transaction of the
         credit it pays for: the redemption row (once per user) and the counter (never
         past max_uses) commit with the credit, or `PromoRefused` undoes all three."""
@@ -182,7 +188,7 @@ class PaymentStore:
                     conn.dialect.name,
                     _redemptions,
                     ["code", "user_id"],
-                    {"code": code, "user_id": user_id, "at": now},
+                    {"code": code, "user_id": user_id, "at": now, "run_key": run_key[:64]},
                 )
             )
             if made.rowcount != 1:

@@ -287,3 +287,16 @@ async def test_a_receipt_telegram_did_not_take_is_sent_on_redelivery(stack: Stac
         if not c.failed and "Оплата получена" in str(c.params.get("text"))
     ]  # fmt: skip
     assert len(receipts) == 1
+
+
+async def test_the_run_that_redeemed_a_code_is_told_ok_again_others_used(stack: Stack) -> None:
+    """A promo step resumed after an outage (the same screen run) learns that its code
+    worked; the user typing it again later learns it was used. Credited once."""
+    await stack.post(command(stack, "/promo AGAIN 20 5"))
+    await started(stack, 50)
+    payments = stack.product.payments
+    assert await payments.redeem_promo("AGAIN", 50, "ru", "50:50:7") == ("ok", 20_00)
+    assert await payments.redeem_promo("AGAIN", 50, "ru", "50:50:7") == ("ok", 20_00)
+    assert await payments.redeem_promo("AGAIN", 50, "ru", "50:50:9") == ("used", 0)
+    assert await available(stack, 50) == 20_00
+    assert await rows(stack, "SELECT used FROM promo_codes") == [(1,)]

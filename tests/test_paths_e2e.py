@@ -106,7 +106,8 @@ async def arranged(stack: Stack, chat: Chat, edge: Edge) -> AsyncIterator[None]:
         await store.create_promo(code="WELCOME", amount=100, max_uses=10**6, created_by=0)
         if edge.dest == "promo":
             payments = stack.product.payments
-            assert await payments.redeem_promo("WELCOME", chat.chat_id, "ru") == ("ok", 100)
+            spent = await payments.redeem_promo("WELCOME", chat.chat_id, "ru", "paths-setup")
+            assert spent == ("ok", 100)
     try:
         yield
     finally:

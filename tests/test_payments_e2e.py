@@ -255,7 +255,8 @@ async def test_two_users_race_for_the_last_use_of_a_code(stack: Stack) -> None:
     payments = stack.product.payments
     for user in (12, 13):
         await stack.product.services.account(user, "ru")
-    results = await asyncio.gather(*(payments.redeem_promo("LAST", u, "ru") for u in (12, 13) * 3))
+    tries = [(u, f"run-{i}") for i, u in enumerate((12, 13) * 3)]
+    results = await asyncio.gather(*(payments.redeem_promo("LAST", u, "ru", k) for u, k in tries))
     winners = {u for u, r in zip((12, 13) * 3, results, strict=True) if r[0] == "ok"}
     assert len(winners) == 1
     assert await available(stack, 12) + await available(stack, 13) == 50_00

@@ -10,7 +10,9 @@ Create Date: 2026-12-02
 - `payments.order_id` may be NULL: a `successful_payment` for an order the bot does
   not know is kept as an orphan payment (credit 0) that /refund can give back;
   `payments.refund_key` names the command that refunds it, so its redelivery resumes;
-  `payments.receipt_at` says the receipt went out, so a redelivery sends a lost one.
+  `payments.receipt_at` says the receipt went out, so a redelivery sends a lost one;
+  `promo_redemptions.run_key` names the screen run that claimed a code, so that run,
+  resumed after an outage, is told it worked.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ def upgrade() -> None:
     with op.batch_alter_table("admin_audit", schema=None) as batch_op:
         batch_op.add_column(sa.Column("effect_key", sa.String(length=64), nullable=True))
         batch_op.create_index(batch_op.f("ix_admin_audit_effect_key"), ["effect_key"], unique=True)
+    with op.batch_alter_table("promo_redemptions", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("run_key", sa.String(length=64), nullable=True))
     with op.batch_alter_table("payments", schema=None) as batch_op:
         batch_op.alter_column("order_id", existing_type=sa.String(length=32), nullable=True)
         batch_op.add_column(sa.Column("refund_key", sa.String(length=64), nullable=True))
@@ -46,6 +50,8 @@ def downgrade() -> None:
         batch_op.drop_column("receipt_at")
         batch_op.drop_column("refund_key")
         batch_op.alter_column("order_id", existing_type=sa.String(length=32), nullable=False)
+    with op.batch_alter_table("promo_redemptions", schema=None) as batch_op:
+        batch_op.drop_column("run_key")
     with op.batch_alter_table("admin_audit", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_admin_audit_effect_key"))
         batch_op.drop_column("effect_key")

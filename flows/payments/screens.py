@@ -31,7 +31,7 @@ def register_payment_screens(registry: Registry, services: Callable[[], Services
     @registry.action("redeem_promo")
     async def redeem_promo(ctx: Context) -> Outcome:
         code = str(ctx.data.pop("promo_code", "")).strip().upper()
-        status, _ = await payments().redeem_promo(code, ctx.user_id, ctx.locale)
+        status, _ = await payments().redeem_promo(code, ctx.user_id, ctx.locale, ctx.run_key)
         if status != "ok":
             return Outcome(to="promo", notice=PROMO_NOTICES[status])
         return Outcome(to="balance", notice="promo_ok")

@@ -203,17 +203,21 @@ class PaymentsService:
 
     # ------------------------------------------------------------ promo codes
 
-    async def redeem_promo(self, code: str, user_id: int, locale: str) -> tuple[str, int]:
+    async def redeem_promo(
+        self, code: str, user_id: int, locale: str, run_key: str
+    ) -> tuple[str, int]:
         """("ok", amount), or ("unknown" | "used" | "exhausted", 0).
 
         The claim (redemption row and use counter) commits in the credit's own
         transaction, so a failure anywhere leaves the code unspent and nothing credited;
-        the credit's id is the (code, user) pair, so a retry never credits twice."""
+        the credit's id is the (code, user) pair, so a retry never credits twice. The
+        screen run that redeemed it (`run_key`), resumed after an outage, is told "ok"
+        again; another attempt is told "used"."""
         amount = await self.store.promo_amount(code)
         if amount is None:
             return "unknown", 0
-        if await self.store.redeemed(code, user_id):
-            return "used", 0
+        if (redeemed_by := await self.store.redeemed_by(code, user_id)) is not None:
+            return ("ok", amount) if redeemed_by == run_key else ("used", 0)
         account = await self.account(user_id, locale)
         try:
             await self.ledger.credit(
@@ -223,7 +227,7 @@ class PaymentsService:
                 source="bonus",
                 reason="promo",
                 note=code,
-                also=self.store.promo_claim(code, user_id),
+                also=self.store.promo_claim(code, user_id, run_key),
             )
         except PromoRefused as refused:
             return refused.status, 0
