@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint bench bench-ledger
+.PHONY: run test lint bench bench-ledger faults
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,3 +33,11 @@ bench: $(STAMP)
 # see `python -m bench.ledger_bench --help` for --quick and --no-postgres.
 bench-ledger: $(STAMP)
 	$(BIN)/python -m bench.ledger_bench
+
+# The fault campaign (issue 11): every effect point x fault through a real `trt serve`
+# (kill -9, database dropped or refusing, Telegram 5xx/cut/timeout/429, KIE cut/timeout)
+# on SQLite and on PostgreSQL (TEST_DATABASE_URL, default postgres@127.0.0.1:5432/test).
+# Not a timed test: about 40 minutes. `python -m tests.faults --help` for --quick,
+# --db, --seed, --only; `make test` runs a fast subset (tests/test_faults.py).
+faults: $(STAMP)
+	$(BIN)/python -m tests.faults --db both
