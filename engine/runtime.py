@@ -252,13 +252,7 @@ class FlowEngine:
         message = query.message if isinstance(query.message, Message) else None
         source = f"q:{query.id}"
         snap = await self.load_or_create(where)
-        marks = Marks.of(snap)
-        if marks.run is not None and marks.run.by == source and self.resumable(marks.run):
-            # Telegram delivers again a tap whose action an outage cut off.
-            await self.finish(where, snap, marks.run, message, answer)
-            return
-        if marks.by == source:
-            await self.handled_already(where, snap, message, answer)
+        if await self.redelivered(where, snap, source, message, answer):
             return
         tap = callback_data.decode(query.data)
         if (
@@ -269,6 +263,25 @@ class FlowEngine:
             await self.stale(where, snap, message, answer, source)
             return
         await self.move(where, snap, tap, message, answer, source)
+
+    async def redelivered(
+        self,
+        where: Where,
+        snap: Snapshot,
+        source: str,
+        message: Message | None,
+        answer: Answer,
+    ) -> bool:
+        """Whether this update (`source`) came before: an action an outage cut off is
+        finished now; a move already made is answered and shown as the first time."""
+        marks = Marks.of(snap)
+        if marks.run is not None and marks.run.by == source and self.resumable(marks.run):
+            await self.finish(where, snap, marks.run, message, answer)
+            return True
+        if marks.by == source:
+            await self.handled_already(where, snap, message, answer)
+            return True
+        return False
 
     async def handled_already(
         self, where: Where, snap: Snapshot, message: Message | None, answer: Answer
@@ -496,13 +509,7 @@ class FlowEngine:
                 await where.bot.send_message(where.chat_id, text)
 
         snap = await self.load_or_create(where)
-        marks = Marks.of(snap)
-        if marks.run is not None and marks.run.by == source and self.resumable(marks.run):
-            await self.finish(where, snap, marks.run, None, notify)
-            return
-        if marks.by == source:
-            # Delivered again after it moved the conversation: the screen may be missing.
-            await self.handled_already(where, snap, None, notify)
+        if await self.redelivered(where, snap, source, None, notify):
             return
         st: State = self.spec.states[snap.state]
         if st.input is None:
