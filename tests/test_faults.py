@@ -53,6 +53,9 @@ CASES = [
     ("gen.delivery", "tg_5xx", 0, None),
     ("pay.receipt", "tg_5xx", 0, None),
     ("refund.call", "tg_timeout", 0, None),
+    # An open finding: a tap answered just before the process died is answered again by
+    # its redelivery, which Telegram refuses ("query is too old").
+    ("nav.answer", "kill", 12, "answered twice ('query is too old')"),
 ]
 
 

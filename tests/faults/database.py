@@ -26,8 +26,10 @@ import contextlib
 import os
 import sqlite3
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy.engine import URL, make_url
@@ -176,8 +178,9 @@ class Database:
 
     # ------------------------------------------------------------ plumbing
 
-    def _spawn(self, work: asyncio.Future[None] | asyncio.Task[None] | object) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(work)  # type: ignore[arg-type]
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """An outage that ends by itself; `until_available` waits for it."""
+        task = asyncio.create_task(work)
         self._outages.add(task)
         task.add_done_callback(self._outages.discard)
 
@@ -207,5 +210,5 @@ class Database:
         try:
             await asyncio.sleep(seconds)
         finally:
-            await asyncio.to_thread(conn.rollback)
+            await asyncio.to_thread(conn.execute, "ROLLBACK")
             await asyncio.to_thread(conn.close)

@@ -314,8 +314,16 @@ class Generation(Journey):
                 task = world.kie.tasks.get(job.task_id or "") or next(
                     iter(world.kie.tasks_for(prompt=run.prompt(user))), None
                 )
-                made = " though KIE made the result" if task is not None and task.done else ""
-                run.fail(f"job {job.id} released ({job.error}): the order was not served{made}")
+                if task is not None and task.done:
+                    run.fail(
+                        f"job {job.id} released ({job.error}) though KIE made the result: "
+                        "the order was not served"
+                    )
+                elif job.error == "timeout" and task is None:
+                    # MONEY.md S4: a crash before KIE had the task; released, never charged.
+                    run.note(f"job {job.id} released: KIE never got its task (S4)")
+                else:
+                    run.fail(f"job {job.id} released ({job.error}): the order was not served")
             if posts or hold == "pending":
                 run.fail(f"job {job.id} released with {posts} posts, hold {hold}")
             if sent:
