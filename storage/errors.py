@@ -8,6 +8,8 @@ retrying it would help nobody.
 
 from __future__ import annotations
 
+import sqlite3
+
 from sqlalchemy.exc import (
     DBAPIError,
     DisconnectionError,
@@ -29,7 +31,33 @@ def _sqlstate(exc: DBAPIError) -> str:
     return str(found or "")
 
 
+# SQLite result codes of a database that is busy or cannot be reached for now. SQLite
+# raises OperationalError for schema mistakes too ("no such column" is SQLITE_ERROR):
+# those fail on every delivery, so they are not an outage.
+_SQLITE_TRANSIENT = (
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
+    "SQLITE_CANTOPEN",
+    "SQLITE_IOERR",
+    "SQLITE_FULL",
+    "SQLITE_NOMEM",
+    "SQLITE_PROTOCOL",
+)
+_SQLITE_TRANSIENT_WORDS = ("is locked", "is busy", "unable to open", "disk i/o", "is full")
+
+
+def _sqlite_is_transient(orig: sqlite3.Error) -> bool:
+    name = getattr(orig, "sqlite_errorname", None)
+    if isinstance(name, str):
+        return name.startswith(_SQLITE_TRANSIENT)
+    # Raised by hand (tests, wrappers), without the code: read the message.
+    message = str(orig).lower()
+    return any(word in message for word in _SQLITE_TRANSIENT_WORDS)
+
+
 def _one_is_unavailable(exc: BaseException) -> bool:
+    if isinstance(exc, DBAPIError) and isinstance(exc.orig, sqlite3.Error):
+        return exc.connection_invalidated or _sqlite_is_transient(exc.orig)
     if isinstance(exc, OperationalError | InterfaceError | DisconnectionError | PoolTimeout):
         return True
     if isinstance(exc, DBAPIError):
