@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from storage.db import insert_if_absent, write_transaction
@@ -72,10 +72,13 @@ class PaymentStore:
     # ------------------------------------------------------------ orders and payments
 
     async def create_order(self, **values: Any) -> OrderRecord:
+        """The order `values["id"]`: made now, or as an earlier delivery of the same tap
+        made it."""
         row = {"state": "created", "created_at": self.clock(), **values}
         async with write_transaction(self.engine) as conn:
-            await conn.execute(insert(_orders).values(row))
-        return _order(row)
+            await conn.execute(insert_if_absent(conn.dialect.name, _orders, ["id"], row))
+            found = (await conn.execute(select(_orders).where(_orders.c.id == row["id"]))).one()
+        return _order(found._mapping)
 
     async def order(self, order_id: str) -> OrderRecord | None:
         async with self.engine.connect() as conn:

@@ -105,6 +105,31 @@ async def test_invoice_to_credit_receipt_and_balance(stack: Stack) -> None:
     await check_invariants(stack.product.services.db)
 
 
+async def test_an_invoice_redelivered_after_telegram_failed_is_the_same_order(
+    stack: Stack,
+) -> None:
+    """The invoice could not be sent (Telegram 5xx): the update is refused, and its
+    redelivery sends an invoice for the same order (its id comes from the tap's run
+    key), not a second order."""
+    chat = stack.chat(9)
+    await chat.send("/start")
+    await chat.tap("💰 Баланс")
+    await chat.tap("💳 Пополнить")
+    assert chat.screen_message is not None
+    update = stack.api.make_callback_update(
+        9, 9, chat.screen_message, chat.screen().data_of(PACKAGE), language_code="ru"
+    )
+    stack.api.inject_error("sendInvoice", 502, "Bad Gateway")
+    assert await stack.post(update) == 503
+    assert await stack.post(update) == 200
+    sent = [c for c in stack.api.calls_of("sendInvoice") if int(c.params["chat_id"]) == 9]
+    assert [c.failed for c in sent] == [True, False]
+    assert sent[0].params["payload"] == sent[1].params["payload"]
+    async with stack.product.services.db.connect() as conn:
+        orders = (await conn.execute(text("SELECT id FROM orders WHERE user_id = 9"))).all()
+    assert [o.id for o in orders] == [sent[1].params["payload"]]
+
+
 async def test_the_same_successful_payment_twice_credits_once(stack: Stack) -> None:
     chat = stack.chat(2)
     params = await invoice(chat)

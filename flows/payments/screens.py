@@ -24,7 +24,7 @@ def register_payment_screens(registry: Registry, services: Callable[[], Services
     @registry.action("buy_package")
     async def buy_package(ctx: Context) -> Outcome:
         await payments().send_invoice(
-            ctx.user_id, ctx.chat_id, ctx.locale, str(ctx.data.get("package"))
+            ctx.user_id, ctx.chat_id, ctx.locale, str(ctx.data.get("package")), ctx.run_key
         )
         return Outcome(notice="invoice_sent")
 

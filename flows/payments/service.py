@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import secrets
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
@@ -50,6 +49,11 @@ def ledger_id(prefix: str, key: str) -> str:
     return f"{prefix}:{digest}"
 
 
+def order_id(key: str) -> str:
+    """An order (and invoice payload) id from the tap that asked for it: 96 bits."""
+    return hashlib.sha256(f"order:{key}".encode()).hexdigest()[:24]
+
+
 class PaymentsService:
     def __init__(
         self,
@@ -74,13 +78,17 @@ class PaymentsService:
 
     # ------------------------------------------------------------ invoices
 
-    async def send_invoice(self, user_id: int, chat_id: int, locale: str, package_id: str) -> None:
+    async def send_invoice(
+        self, user_id: int, chat_id: int, locale: str, package_id: str, key: str
+    ) -> None:
+        """`key` is the tap's run key: a redelivered tap invoices the same order again
+        (Telegram may or may not have shown the first invoice), never a second order."""
         package = self.packages.get(package_id)
         if package is None:
             raise LookupError(f"no package {package_id!r}")
         await self.account(user_id, locale)
         order = await self.store.create_order(
-            id=secrets.token_hex(12),
+            id=order_id(key),
             user_id=user_id,
             package_id=package.id,
             currency=package.currency,
