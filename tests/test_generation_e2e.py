@@ -462,6 +462,66 @@ async def test_crash_between_hold_and_kie_is_recovered(
     assert await available(stack, 20) == RICH - price
 
 
+async def test_a_tap_cut_off_before_the_hold_is_finished_by_its_redelivery(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job row was written, then the database went away before the hold: the
+    webhook refuses the update, and Telegram's redelivery must hold and start that same
+    job (not find it "started" and leave it for recovery to fail)."""
+    generation = stack.product.generation
+    real = generation._hold
+
+    async def outage(*args: Any, **kwargs: Any) -> str | None:
+        raise ConnectionRefusedError("database went away")
+
+    monkeypatch.setattr(generation, "_hold", outage)
+    await fund(stack, 27, RICH)
+    chat = stack.chat(27)
+    price = await order(chat, "text_to_image")
+    assert chat.screen_message is not None
+    update = stack.api.make_callback_update(
+        27, 27, chat.screen_message, chat.screen().data_of("✅ Создать"), language_code="ru"
+    )
+    assert await stack.post(update) == 503
+    assert (await job_of(stack, 27)).state == "created"
+    monkeypatch.setattr(generation, "_hold", real)
+    assert await stack.post(update) == 200
+    job = await final_job(stack, 27)
+    assert job.state == "charged"
+    assert len(stack.kie.tasks) == 1
+    assert await available(stack, 27) == RICH - price
+    assert (await events(stack, job)).count("held") == 1
+
+
+async def test_a_task_id_is_stored_once_the_database_is_back(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KIE made the task and said its id; storing it met a database outage. Only this
+    process knows the id (KIE's callback may never come), so it keeps trying: one task,
+    served and charged, even with no callback at all."""
+    stack.kie.script(Behaviour(run_s=None, polls=2, callback=False))
+    jobs = stack.product.generation.jobs
+    real = jobs.move
+    refused: list[str] = []
+
+    async def move(job_id: str, expected: Any, to: str, **kwargs: Any) -> JobRecord | None:
+        if to == "submitted" and len(refused) < 3:
+            refused.append(to)
+            raise ConnectionRefusedError("database went away")
+        return await real(job_id, expected, to, **kwargs)
+
+    monkeypatch.setattr(jobs, "move", move)
+    await fund(stack, 28, RICH)
+    chat = stack.chat(28)
+    price = await order(chat, "text_to_image")
+    await chat.tap("✅ Создать")
+    job = await final_job(stack, 28)
+    assert refused == ["submitted"] * 3
+    assert job.state == "charged" and job.task_id in stack.kie.tasks
+    assert len(stack.kie.tasks) == 1
+    assert await available(stack, 28) == RICH - price
+
+
 async def test_crash_before_delivery_is_recovered_and_charged_once(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:

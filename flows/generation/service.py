@@ -88,6 +88,10 @@ class Started:
     job: JobRecord
 
 
+# Attempts to store a task id through a database outage: about three minutes.
+ACCEPT_ATTEMPTS = 40
+
+
 class GenerationService:
     def __init__(
         self,
@@ -140,15 +144,21 @@ class GenerationService:
             # Recovery leaves a young job to the tap that is starting it.
             next_check_at=now + GRACE,
         )
-        if not created:
+        if not created and job.state != "created":
             return Started("rejected" if job.state == "rejected" else "started", job)
+        # A job found still `created` is this tap's own, cut off before its hold by an
+        # outage: its redelivery goes on from there (the hold is keyed by the job, so a
+        # second delivery racing this one holds once, and one of them moves it on).
         refusal = await self._hold(job, account)
         if refusal is not None:
             rejected = await self._move(job, "reject", detail=refusal)
             return Started(refusal, rejected or job)
         held = await self._move(job, "hold", next_check_at=now + GRACE)
         if held is None:
-            return Started("started", job)  # recovery took it over meanwhile
+            # Another delivery, or recovery, moved it meanwhile: let the job's own state
+            # decide (a job recovery failed releases this hold).
+            self.spawn(self.advance(job.id))
+            return Started("started", job)
         self.spawn(self.advance(held.id))
         return Started("started", held)
 
@@ -229,14 +239,36 @@ class GenerationService:
         except KieError as exc:
             await self._fail(sending, f"create refused: {exc}")
             return
-        submitted = await self._move(
-            sending,
-            "accept",
-            task_id=task_id,
-            next_check_at=self.clock() + timedelta(seconds=self.settings.poll_interval_s),
-        )
+        submitted = await self._accept(sending, task_id)
         if submitted is not None:
             await self._progress(submitted)
+
+    async def _accept(self, sending: JobRecord, task_id: str) -> JobRecord | None:
+        """Stores the task id KIE answered. Only this process knows it (KIE's callback,
+        the other way to learn it, may never come), so a database outage is waited out
+        here, up to the job's deadline, instead of leaving the task unknown."""
+        pause = 0.25
+        for attempt in range(ACCEPT_ATTEMPTS):
+            try:
+                accepted = await self._move(
+                    sending,
+                    "accept",
+                    task_id=task_id,
+                    next_check_at=self.clock() + timedelta(seconds=self.settings.poll_interval_s),
+                )
+            except Exception as exc:
+                last = attempt + 1 == ACCEPT_ATTEMPTS or self.clock() >= sending.deadline_at
+                if last or not is_unavailable(exc):
+                    raise
+                log.warning("job %s: task %s not stored yet (%r)", sending.id, task_id, exc)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
+                continue
+            if accepted is None:  # an earlier attempt committed before its connection died
+                found = await self.jobs.get(sending.id)
+                return found if found is not None and found.task_id == task_id else None
+            return accepted
+        return None
 
     def _callback_url(self, job: JobRecord) -> str | None:
         base = self.settings.public_base_url
