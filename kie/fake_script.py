@@ -42,6 +42,11 @@ class Behaviour:
     callback_delay_s: float = 0.0
     callback_copies: int = 1  # more than 1: the same callback again (duplicates)
     callback_parallel: bool = False  # duplicates at the same moment instead of one by one
+    # A callback that was not answered 2xx is sent again this many times, this far apart:
+    # KIE documents "if 3 consecutive retries fail, the system will stop sending
+    # callbacks" for several families, not the spacing; 0 keeps one delivery.
+    callback_retries: int = 0
+    callback_retry_s: float = 5.0
     media: str | None = None  # png, wav or mp4; None: guessed from the model id
     results: int = 1  # URLs in resultJson
     cost: float = 4.0  # credits taken from the balance on success

@@ -338,11 +338,15 @@ class FakeKie:
             await asyncio.gather(*(self._post(task, url, body) for _ in range(copies)))
             return
         for _ in range(copies):
-            await self._post(task, url, body)
+            for retry in range(behaviour.callback_retries + 1):
+                if retry:
+                    await asyncio.sleep(behaviour.callback_retry_s)
+                if await self._post(task, url, body):
+                    break
 
-    async def _post(self, task: FakeTask, url: str, body: JSONDict) -> None:
-        """One delivery, never retried: KIE's retry policy is undocumented, so code under test
-        must not rely on one (the poller backs callbacks up)."""
+    async def _post(self, task: FakeTask, url: str, body: JSONDict) -> bool:
+        """One delivery; True when answered 2xx. Retried only as the behaviour says: code
+        under test must not rely on retries (the poller backs callbacks up)."""
         headers = {"Content-Type": "application/json"}
         if self.hmac_key:
             timestamp = str(int(time.time()))
@@ -366,6 +370,7 @@ class FakeKie:
             CallbackDelivery(task.task_id, url, body, headers, status, error, time.monotonic())
         )
         self._notify()
+        return status is not None and 200 <= status < 300
 
     # ------------------------------------------------------------ plumbing
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from kie.fake_media import MP4, PNG, WAV, media_kind, png, wav
 from kie.fake_mp4 import mp4
@@ -234,6 +235,40 @@ async def test_callback_to_nowhere_is_recorded(fake: FakeKie, http: aiohttp.Clie
     (delivery,) = await fake.wait_for_callbacks(task_id)
     assert delivery.status is None and delivery.error
     assert delivery.body["data"]["taskId"] == task_id and delivery.body["code"] == 200
+
+
+@pytest.mark.parametrize(("retries", "refusals", "sent"), [(0, 2, 1), (3, 2, 3), (3, 9, 4)])
+async def test_a_refused_callback_is_retried_as_scripted(
+    fake: FakeKie, http: aiohttp.ClientSession, retries: int, refusals: int, sent: int
+) -> None:
+    """KIE sends a refused callback again, at most `retries` times, and stops at a 2xx."""
+    seen: list[int] = []
+
+    async def receive(request: web.Request) -> web.Response:
+        seen.append(len(seen))
+        return web.Response(status=503 if len(seen) <= refusals else 200)
+
+    app = web.Application()
+    app.router.add_post("/cb", receive)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        fake.script(Behaviour(polls=1, callback_retries=retries, callback_retry_s=0.01))
+        body = {"model": "m", "input": {}, "callBackUrl": f"http://127.0.0.1:{port}/cb"}
+        _, answer = await _call(http, fake, "create", body=body)
+        task_id = answer["data"]["taskId"]
+        fake.complete(task_id)
+        deliveries = await fake.wait_for_callbacks(task_id, sent)
+        await asyncio.sleep(0.1)  # a further retry would come by now
+        assert [d.status for d in fake.callbacks_for(task_id)] == [
+            503 if i < refusals else 200 for i in range(sent)
+        ]
+        assert len(deliveries) == sent == len(seen)
+    finally:
+        await runner.cleanup()
 
 
 async def test_complete_is_idempotent(fake: FakeKie, http: aiohttp.ClientSession) -> None:
