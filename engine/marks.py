@@ -17,6 +17,10 @@ engine strips it before an action or a provider sees the data.
   not called out of date.
 - `run`: the action claimed but not finished; the same update, delivered again,
   finishes it under the same run key.
+- `answered`: callback queries answered by a delivery that was then refused (an
+  outage after the answer), so that their redelivery does not answer again (Telegram
+  would refuse it: "query is too old"). Best effort: a delivery killed between its
+  answer and this note answers again, and Telegram's refusal is then harmless.
 
 Everything here is advisory except `run`: losing a `shown` entry to a concurrent
 writer costs one edit that Telegram may refuse, which the engine tolerates.
@@ -36,6 +40,9 @@ KEY = "_engine"
 # Messages remembered per conversation: the current screen and the few old ones a
 # user may still tap; older ones are edited, at worst one refused edit each.
 SHOWN_KEPT = 6
+# Callback queries remembered as answered: redeliveries come within minutes, and a
+# conversation has few updates in flight at once.
+ANSWERED_KEPT = 8
 
 
 def digest(text: str, markup: InlineKeyboardMarkup | None) -> str:
@@ -100,6 +107,7 @@ class Marks:
     by: str | None = None
     notice: tuple[str, bool] | None = None
     run: PendingRun | None = None
+    answered: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, snap: Snapshot) -> Marks:
@@ -128,6 +136,7 @@ class Marks:
             by=by if isinstance(by, str) else None,
             notice=parsed_notice,
             run=PendingRun.load(raw.get("run")),
+            answered=tuple(a for a in raw.get("answered") or () if isinstance(a, str)),
         )
 
     def dump(self) -> dict[str, Any]:
@@ -140,6 +149,8 @@ class Marks:
             out["notice"] = list(self.notice)
         if self.run is not None:
             out["run"] = self.run.dump()
+        if self.answered:
+            out["answered"] = list(self.answered)
         return out
 
     def apply(self, data: dict[str, Any]) -> dict[str, Any]:
@@ -151,10 +162,15 @@ class Marks:
     def moved(self, by: str | None = None, notice: tuple[str, bool] | None = None) -> Marks:
         """For the next screen: the messages still show what they show; the rest is
         about the screen being left."""
-        return Marks(shown=self.shown, by=by, notice=notice)
+        return Marks(shown=self.shown, by=by, notice=notice, answered=self.answered)
 
     def claimed(self, run: PendingRun) -> Marks:
-        return Marks(shown=self.shown, run=run)
+        return Marks(shown=self.shown, run=run, answered=self.answered)
+
+    def answering(self, source: str) -> Marks:
+        kept = [a for a in self.answered if a != source]
+        kept.append(source)
+        return replace(self, answered=tuple(kept[-ANSWERED_KEPT:]))
 
     def showing(self, message_id: int, screen: str, by: str = "") -> Marks:
         kept = [e for e in self.shown if e[0] != message_id]

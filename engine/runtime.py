@@ -19,7 +19,7 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aiogram import Bot
 from aiogram.exceptions import TelegramBadRequest
@@ -39,6 +39,16 @@ from engine.store import Snapshot, StateStore
 log = logging.getLogger("engine")
 
 Answer = Callable[..., Awaitable[None]]
+
+
+class TapAnswer(Protocol):
+    """A callback query's answer; `done` set means it needs none (answered already)."""
+
+    done: bool
+
+    async def __call__(self, text: str | None = None, show_alert: bool = False) -> None: ...
+
+
 RetryLater = Callable[[BaseException], bool]
 _CAS_ATTEMPTS = 5
 
@@ -131,12 +141,26 @@ class FlowEngine:
             return
         if forget is not None:
             marks = marks.forgetting(forget)
-        marks = marks.showing(message_id, shown)
+        await self.note(where, snap, marks.showing(message_id, shown))
+
+    async def note(self, where: Where, snap: Snapshot, marks: Marks) -> None:
+        """Writes advisory marks in place (same counter, so no button goes stale)."""
         noted = Snapshot(snap.state, snap.counter, snap.locale, marks.apply(snap.data))
         try:
             await self.store.save(where.key, noted, snap.counter)
         except Exception as exc:
-            log.info("could not note the screen of message %s: %r", message_id, exc)
+            log.info("could not note %s in %s: %r", marks.dump().keys(), where.key, exc)
+
+    async def note_answered(self, where: Where, query_id: str) -> None:
+        """The query was answered by a delivery about to be refused: its redelivery must
+        not answer again. Best effort, like every mark but the pending run."""
+        try:
+            snap = await self.store.load(where.key)
+        except Exception as exc:
+            log.info("could not note query %s as answered: %r", query_id, exc)
+            return
+        if snap is not None:
+            await self.note(where, snap, Marks.of(snap).answering(f"q:{query_id}"))
 
     async def send(self, where: Where, snap: Snapshot, prefix: str | None = None) -> None:
         screen = await self.screen(where, snap)
@@ -248,10 +272,12 @@ class FlowEngine:
 
     # ---- taps ----------------------------------------------------------------
 
-    async def on_callback(self, where: Where, query: CallbackQuery, answer: Answer) -> None:
+    async def on_callback(self, where: Where, query: CallbackQuery, answer: TapAnswer) -> None:
         message = query.message if isinstance(query.message, Message) else None
         source = f"q:{query.id}"
         snap = await self.load_or_create(where)
+        if source in Marks.of(snap).answered:
+            answer.done = True
         if await self.redelivered(where, snap, source, message, answer):
             return
         tap = callback_data.decode(query.data)

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiogram import BaseMiddleware, Bot, Dispatcher, Router
-from aiogram.exceptions import TelegramAPIError, TelegramForbiddenError
+from aiogram.exceptions import TelegramAPIError, TelegramBadRequest, TelegramForbiddenError
 from aiogram.filters import CommandStart
 from aiogram.types import CallbackQuery, Message, TelegramObject, User
 
@@ -32,6 +32,9 @@ from engine.runtime import FlowEngine, RetryLater, Where
 __all__ = ["AnswerOnce", "RetryLater", "UpdateNotProcessed", "build_router", "install"]
 
 log = logging.getLogger("engine")
+
+# Telegram's refusal of a second answer, or of one that came too late.
+QUERY_GONE = "query is too old"
 
 Handler = Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]]
 
@@ -45,14 +48,20 @@ class UpdateNotProcessed(Exception):
 
 
 class AnswerOnce:
-    """Answers one callback query at most once, whoever calls it first."""
+    """Answers one callback query at most once per delivery, whoever calls it first.
 
-    __slots__ = ("bot", "done", "error", "query_id")
+    Across deliveries an answer is at least once: a delivery killed after its answer
+    and before its acknowledgement is answered again by its redelivery, which Telegram
+    refuses ("query is too old") and the user never sees. Where the engine knows of an
+    earlier answer (engine.marks `answered`), it sets `done` and nothing is sent."""
+
+    __slots__ = ("bot", "done", "error", "query_id", "sent")
 
     def __init__(self, bot: Bot, query_id: str) -> None:
         self.bot = bot
         self.query_id = query_id
         self.done = False
+        self.sent = False  # Telegram took this delivery's answer
         self.error: TelegramAPIError | None = None  # why the one answer failed, if it did
 
     async def __call__(self, text: str | None = None, show_alert: bool = False) -> None:
@@ -61,9 +70,23 @@ class AnswerOnce:
         self.done = True
         try:
             await self.bot.answer_callback_query(self.query_id, text=text, show_alert=show_alert)
+        except TelegramBadRequest as exc:
+            self.error = exc
+            if QUERY_GONE in exc.message:
+                # Answered by an earlier delivery, or too late to answer: either way done.
+                log.info("callback %s was answered before or expired", self.query_id)
+            else:
+                log.warning("answerCallbackQuery %s failed: %s", self.query_id, exc)
         except TelegramAPIError as exc:
             self.error = exc
             log.warning("answerCallbackQuery %s failed: %s", self.query_id, exc)
+        else:
+            self.sent = True
+
+
+def where_of(bot: Bot, query: CallbackQuery) -> Where:
+    chat_id = query.message.chat.id if query.message is not None else query.from_user.id
+    return Where(bot, chat_id, query.from_user)
 
 
 def _locale(engine: FlowEngine, user: User | None) -> str:
@@ -96,6 +119,8 @@ class CallbackAnswers(BaseMiddleware):
             log.exception("callback %s failed [error %s]", event.id, error_id)
             await answer(text, show_alert=True)
             if self.engine.retry_later(exc):
+                if answer.sent:
+                    await self.engine.note_answered(where_of(data["bot"], event), event.id)
                 raise UpdateNotProcessed(error_id) from exc
         finally:
             await answer()
@@ -141,8 +166,7 @@ def build_router(engine: FlowEngine) -> Router:
 
     @router.callback_query()
     async def on_tap(query: CallbackQuery, bot: Bot, answer: AnswerOnce) -> None:
-        chat_id = query.message.chat.id if query.message is not None else query.from_user.id
-        await engine.on_callback(Where(bot, chat_id, query.from_user), query, answer)
+        await engine.on_callback(where_of(bot, query), query, answer)
 
     @router.message()
     async def on_message(message: Message, bot: Bot) -> None:
