@@ -199,14 +199,14 @@ class FaultyKie(FakeKie):
         script.prompt = inputs.get("prompt") if isinstance(inputs, dict) else None
         return await super()._create(request, body)
 
-    async def _post(self, task: Any, url: str, body: dict[str, Any]) -> None:
+    async def _post(self, task: Any, url: str, body: dict[str, Any]) -> bool:
         """A callback: strikes on "callback" fire just before KIE sends it."""
         strike = self.armory.take("callback", {"prompt": task.prompt, "task_id": task.task_id})
         if strike is not None and strike.action is not None:
             await strike.action()
         if strike is not None and strike.failure == "kie_cut":
-            # Lost on the way: KIE's retry policy is undocumented, so it is not retried.
+            # Lost on the way: unanswered, so KIE tries again as the behaviour says.
             lost = CallbackDelivery(task.task_id, url, body, {}, None, "lost", time.monotonic())
             self.callbacks.append(lost)
-            return
-        await super()._post(task, url, body)
+            return False
+        return await super()._post(task, url, body)

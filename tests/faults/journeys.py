@@ -717,8 +717,12 @@ JOURNEYS: dict[str, type[Journey]] = {
 
 
 def common_checks(run: Run) -> None:
-    """What every run must show: each update acknowledged in the end, each callback
-    query answered at least once and never twice."""
+    """What every run must show: each update acknowledged in the end, and each callback
+    query answered: exactly one answer taken by Telegram, and a repeat (which Telegram
+    refuses, "query is too old", unseen by the user) only from a redelivery, never
+    within one delivery. A delivery cut off between its answer and its acknowledgement
+    (kill -9, or an outage that kept the engine from noting the answer) cannot know
+    Telegram took the answer: such repeats are reported as duplicates."""
     for user in run.users:
         for delivery in user.deliveries:
             if not delivery.acked:
@@ -726,11 +730,16 @@ def common_checks(run: Run) -> None:
                     f"update {delivery.update_id} never acknowledged "
                     f"({len(delivery.attempts)} attempts, last {delivery.attempts[-1]})"
                 )
-        for query_id in user.query_ids:
+        for query_id, delivery in user.taps.items():
             ok, too_old = answers(run.world, query_id)
-            if ok == 0:
-                run.fail(f"callback query {query_id} never answered")
-            if too_old:
-                run.fail(f"callback query {query_id} answered twice ('query is too old')")
+            if ok != 1:
+                run.fail(f"callback query {query_id} answered {ok} times")
+            if too_old > delivery.redelivered:
+                run.fail(
+                    f"callback query {query_id} answered twice within one delivery "
+                    f"({too_old} refused repeats, {len(delivery.attempts)} deliveries)"
+                )
+            elif too_old:
+                dup(run, f"callback query {query_id} answered again by a redelivery")
         if user.retries:
             run.note(f"user {user.id} repeated a step {user.retries}x")

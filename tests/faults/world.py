@@ -14,7 +14,7 @@ import contextlib
 import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -135,7 +135,7 @@ class User:
         self.locale = locale
         self.telegram = world.telegram
         self.deliveries: list[Delivery] = []
-        self.query_ids: list[str] = []
+        self.taps: dict[str, Delivery] = {}  # callback query id -> its update's delivery
         self.pre_checkouts: set[str] = set()
         self.retries = 0  # taps and messages sent again because the first did not take
         self._seen = 0
@@ -163,8 +163,9 @@ class User:
         update = self.telegram.make_callback_update(
             self.id, self.id, screen.message_id, data, language_code=self.locale
         )
-        self.query_ids.append(update["callback_query"]["id"])
-        return await self.deliver(update)
+        delivery = await self.deliver(update)
+        self.taps[update["callback_query"]["id"]] = delivery
+        return delivery
 
     async def tap(self, suffix: str) -> Delivery:
         """Taps the button whose callback data ends with `:suffix` (a button id, `<` for
@@ -253,9 +254,11 @@ def _chat_of(call: Call) -> int | None:
         return None
 
 
-SUCCESS = Behaviour(run_s=0.3)
+# KIE sends a refused callback again, up to 3 times (documented for several families;
+# the spacing is not: 3 s here, longer than `trt serve` takes to come back after a kill).
+SUCCESS = Behaviour(run_s=0.3, callback_retries=3, callback_retry_s=3.0)
 NEVER = Behaviour(run_s=None, polls=10**9, callback=False)
-FAILURE = Behaviour(run_s=0.3, fail_code="500", fail_msg="failed (fake)")
+FAILURE = replace(SUCCESS, fail_code="500", fail_msg="failed (fake)")
 
 
 @contextlib.asynccontextmanager
