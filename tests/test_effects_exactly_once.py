@@ -289,6 +289,35 @@ async def test_a_receipt_telegram_did_not_take_is_sent_on_redelivery(stack: Stac
     assert len(receipts) == 1
 
 
+async def test_a_balance_screen_telegram_did_not_take_does_not_repeat_the_receipt(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The receipt went out, then the balance screen after it met a 5xx: the update is
+    refused, and its redelivery must not send the receipt again (a campaign finding)."""
+    chat = stack.chat(50)
+    params = await invoice(chat)
+    update = stack.api.make_successful_payment_update(
+        50, 50, params["payload"], "XTR", 100, charge_id="charge-50"
+    )
+    screens = stack.product.payments.screens
+    real = screens.push
+
+    async def failing_once(*args: Any, **kwargs: Any) -> None:
+        monkeypatch.setattr(screens, "push", real)
+        stack.api.inject_error("sendMessage", 502, "Bad Gateway")
+        await real(*args, **kwargs)
+
+    monkeypatch.setattr(screens, "push", failing_once)
+    assert await stack.post(update) == 503
+    assert await stack.post(update) == 200
+    assert await available(stack, 50) == CREDIT
+    receipts = [
+        c for c in stack.api.calls_of("sendMessage")
+        if not c.failed and "Оплата получена" in str(c.params.get("text"))
+    ]  # fmt: skip
+    assert len(receipts) == 1
+
+
 async def test_the_run_that_redeemed_a_code_is_told_ok_again_others_used(stack: Stack) -> None:
     """A promo step resumed after an outage (the same screen run) learns that its code
     worked; the user typing it again later learns it was used. Credited once."""
