@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import html
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from engine.registry import Context, Option, Outcome, Registry
-from flows.generation.delivery import deliver_result
-from flows.generation.service import rub
-from flows.services import Services
-from storage.jobs import JobRecord
-from storage.ledger import StatementLine
+from pricing.money import rub
+
+if TYPE_CHECKING:  # at run time only the services need them: `trt flows check` stays light
+    from flows.services import Services
+    from storage.jobs import JobRecord
+    from storage.ledger import StatementLine
 
 HISTORY_LINES = 10
 MOVEMENTS = 5
@@ -83,6 +85,8 @@ def register_account_screens(registry: Registry, services: Callable[[], Services
         if job is None or job.user_id != ctx.user_id:
             raise LookupError(f"job {ctx.data.get('job')!r} is not this user's")
         caption = ctx.text("result_caption").format(model=_title(job))
+        from flows.generation.delivery import deliver_result
+
         await deliver_result(
             ctx.bot,
             ctx.chat_id,

@@ -26,10 +26,10 @@ from aiogram.filters import Command, CommandObject
 from aiogram.types import Message
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from flows.generation.service import rub
 from flows.payments.service import PaymentsService
 from flows.services import Services
 from pricing.catalog import rub_to_kopecks
+from pricing.money import rub
 from storage.ledger import LedgerError, TransferRecord
 from storage.ledger_values import Refusal
 from storage.payments import audit_row, write_audit

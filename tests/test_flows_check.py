@@ -170,3 +170,20 @@ def test_cli_exit_codes(tmp_path: Path, content: str, code: int) -> None:
     assert result.returncode == code, result.stderr
     if code:
         assert f"{path}:" in result.stderr and "no back route" in result.stderr
+
+
+def test_the_editor_commands_import_no_aiogram() -> None:
+    """`trt flows check` is an editor's loop: it reads the registry's names, never
+    aiogram (seconds of imports). Checked in a fresh interpreter, as the command runs."""
+    probe = (
+        "import sys\n"
+        "from trt.cli import main\n"
+        "for argv in (['flows', 'check'], ['flows', 'paths'], ['flows', 'graph']):\n"
+        "    assert main(argv) == 0, argv\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('aiogram', 'aiohttp'))\n"
+        "print('HEAVY', heavy)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert "HEAVY []" in done.stdout, done.stdout[-2000:]

@@ -29,8 +29,9 @@ from aiogram.exceptions import (
 )
 from aiogram.types import LabeledPrice
 
-from flows.generation.service import Pusher, rub
+from flows.generation.service import Pusher
 from flows.payments.settings import PaymentSettings
+from pricing.money import rub
 from pricing.topups import STARS, Package
 from storage.ledger import HoldNotPending, InsufficientFunds, Ledger
 from storage.payments import PaymentRecord, PaymentStore, PromoRefused
