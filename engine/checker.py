@@ -7,14 +7,14 @@ size), so that `trt flows check` in CI rejects a broken file before deploy.
 
 from __future__ import annotations
 
-import string
 from dataclasses import dataclass, field
 
-from engine import callback_data
+from engine import callback_data, telegram_html
 from engine.graph import FlowGraph, back_target
 from engine.loader import LoadedFlow, Loc, Problem
 from engine.registry import Registry
-from engine.spec import PLACEHOLDER, FlowSpec, LocalizedText
+from engine.spec import FlowSpec, LocalizedText, State
+from engine.text_limits import BadPlaceholder, fields, longest, sample, value_limits
 
 
 @dataclass(slots=True)
@@ -41,6 +41,7 @@ class _Checker:
     def __init__(self, flow: LoadedFlow, registry: Registry | None) -> None:
         self.flow = flow
         self.spec: FlowSpec = flow.spec
+        self.limits = value_limits(flow.spec)
         self.registry = registry
         self.problems: list[Problem] = []
         self.unimplemented: list[str] = []
@@ -61,13 +62,25 @@ class _Checker:
         self.check_declarations()
         self.check_graph()
 
-    def text(self, loc: Loc, text: LocalizedText) -> None:
+    def text(self, loc: Loc, text: LocalizedText, *, markup: bool = True) -> None:
+        """Present in every locale, and (`markup`: sent as HTML) parsed by Telegram."""
         for locale in self.spec.locales:
             if not text.get(locale, "").strip():
                 self.at(loc, f"missing {locale!r} text")
-        for locale in text:
+        for locale, value in text.items():
             if locale not in self.spec.locales:
                 self.at((*loc, locale), f"unknown locale {locale!r}", key=True)
+            elif markup:
+                self.markup((*loc, locale), value)
+
+    def markup(self, loc: Loc, value: str) -> None:
+        try:
+            filled = sample(value)
+        except BadPlaceholder as exc:
+            self.at(loc, str(exc))
+            return
+        for problem in telegram_html.problems(filled):
+            self.at(loc, f"Telegram would refuse this text: {problem}")
 
     def check_texts(self) -> None:
         for name, value in self.spec.system:
@@ -92,13 +105,13 @@ class _Checker:
             known = self.placeholder_names(name)
             for locale, value in st.text.items():
                 try:
-                    list(string.Formatter().parse(value))
-                except ValueError as exc:
-                    self.at((*loc, "text", locale), f"malformed placeholder braces: {exc}")
-                    continue
-                for ph in PLACEHOLDER.findall(value):
+                    _, found = fields(value)
+                except BadPlaceholder:
+                    continue  # said by self.text
+                for ph in dict.fromkeys(f.name for f in found):
                     if ph not in known:
                         self.at((*loc, "text", locale), f"unknown placeholder {{{ph}}}")
+                self.fits((*loc, "text", locale), st, value, locale)
             ids: set[str] = set()
             for r, row in enumerate(st.buttons):
                 for c, button in enumerate(row):
@@ -106,7 +119,7 @@ class _Checker:
                     if button.id in ids:
                         self.at((*bloc, "id"), f"duplicate button id {button.id!r} in {name!r}")
                     ids.add(button.id)
-                    self.text((*bloc, "text"), button.text)
+                    self.text((*bloc, "text"), button.text, markup=False)
                     if not button.to and not button.action:
                         self.at(bloc, f"button {button.id!r} has neither 'to' nor 'action'")
                     if button.outcomes and not button.action:
@@ -152,6 +165,40 @@ class _Checker:
                     self.at((*iloc, "min_length"), "min_length is greater than max_length")
             for p, provider in enumerate(st.data):
                 self.provider_ref((*loc, "data", p), provider, kind="data")
+
+    def fits(self, loc: Loc, st: State, value: str, locale: str) -> None:
+        """The screen, every value at its longest, within Telegram's 4096: with the
+        longest notice the engine may put above it, and the empty-list text below."""
+        try:
+            bound = longest(value, self.limits)
+        except BadPlaceholder:
+            return
+        if bound.unbounded:
+            names = ", ".join(f"{{{n}}}" for n in bound.unbounded)
+            self.at(
+                loc,
+                f"{names} has no declared length, so this screen's length cannot be proven: "
+                "declare it where it comes from (provides: {name: N}) or write {name:.N}",
+            )
+            return
+        extra = self.longest_notice(st, locale)
+        if st.options is not None and st.options.empty_text is not None:
+            extra += 2 + telegram_html.visible_length(st.options.empty_text.get(locale, ""))
+        if bound.units + extra > telegram_html.MESSAGE_LIMIT:
+            self.at(
+                loc,
+                f"this screen can reach {bound.units + extra} characters with every value at "
+                f"its longest; Telegram shows at most {telegram_html.MESSAGE_LIMIT}: shorten "
+                "it, or show less of a value ({name:.N})",
+            )
+
+    def longest_notice(self, st: State, locale: str) -> int:
+        """A notice the engine sends above a screen (an input's error, 'out of date',
+        'unexpected input') and the blank line after it."""
+        notices = [self.spec.system.stale, self.spec.system.unexpected_input]
+        if st.input is not None:
+            notices.append(st.input.error)
+        return 2 + max(telegram_html.visible_length(n.get(locale, "")) for n in notices)
 
     def placeholder_names(self, state: str) -> set[str]:
         """Names a state's text may use: its data providers' keys and every stored value."""

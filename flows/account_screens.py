@@ -6,7 +6,6 @@ from the jobs table. Words come from flows.yaml through `ctx.text`.
 
 from __future__ import annotations
 
-import html
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -36,7 +35,7 @@ def _movement(ctx: Context, line: StatementLine) -> str:
     """A ledger line in plain words: "+150 ₽ top-up", "−11 ₽ generation (Flux 2)"."""
     sign = "+" if line.posted > 0 else "−"
     words = ctx.text(f"mv_{line.reason}") if line.reason in _REASONS else line.reason
-    note = f" ({html.escape(line.note)})" if line.note and line.reason == "generation" else ""
+    note = f" ({line.note})" if line.note and line.reason == "generation" else ""
     return f"• {line.at.strftime('%d.%m')} {sign}{rub(abs(line.posted))} {words}{note}"
 
 
@@ -44,7 +43,7 @@ def _history_line(ctx: Context, job: JobRecord) -> str:
     when = job.created_at.strftime("%d.%m %H:%M")
     price = ctx.text("price_free") if job.price == 0 else rub(job.price)
     status = ctx.text(_STATUS.get(job.state, "job_status_running"))
-    return f"• {when} — {html.escape(_title(job))}, {price}, {status}"
+    return f"• {when} — {_title(job)}, {price}, {status}"
 
 
 def register_account_screens(registry: Registry, services: Callable[[], Services]) -> None:

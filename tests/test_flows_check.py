@@ -140,6 +140,84 @@ def test_unknown_placeholder_and_malformed_braces() -> None:
     assert any("malformed placeholder braces" in p for p in found)
 
 
+HELP_RU = "<b>Помощь</b>\\nВыберите вид работы"
+
+
+@pytest.mark.parametrize(
+    ("broken", "expected"),
+    [
+        ("<b>Помощь\\nВыберите вид работы", "<b> is opened but never closed"),
+        (
+            "<b>Помощь</i></b>\\nВыберите вид работы",
+            "</i> closes <b>: close the inner tag first",
+        ),
+        (
+            "<h1>Помощь</h1>\\nВыберите вид работы",
+            "<h1> is not a tag Telegram supports "
+            "(b, i, u, s, a href, code, pre, blockquote, tg-spoiler)",
+        ),
+        ("<b>Помощь</b> & ответы\\nВыберите вид работы", "a bare '&' at character 15: write &amp;"),
+        ("<b>Помощь</b> 1 < 2\\nВыберите вид работы", "a bare '<' at character 17: write &lt;"),
+        (
+            "<a href='javascript:x'>Помощь</a>\\nВыберите вид работы",
+            '<a href="javascript:x">: not a link (http://, https:// or tg://)',
+        ),
+        (
+            "<b>Помощь</b>&nbsp;\\nВыберите вид работы",
+            "&nbsp; is not an entity Telegram knows (only &lt; &gt; &amp; &quot; and numeric ones)",
+        ),
+    ],
+)
+def test_html_telegram_would_refuse_is_an_error_at_its_line(broken: str, expected: str) -> None:
+    """`ok` means every screen shows: Telegram refuses a whole message over one bad tag."""
+    assert SOURCE.count(HELP_RU) == 1
+    mutated = SOURCE.replace(HELP_RU, broken)
+    line = line_of(mutated, broken[:12])
+    found = problems(mutated)
+    assert found == [f"f.yaml:{line}:11: Telegram would refuse this text: {expected}"]
+
+
+def test_html_in_product_texts_and_placeholders_in_links_are_checked() -> None:
+    mutated = SOURCE.replace('price_free: {ru: "', 'price_free: {ru: "<b>').replace(
+        "Ваша ссылка: {link}", "Ваша <a href='{link}'>ссылка</a>"
+    )
+    found = problems(mutated)
+    line = line_of(mutated, "price_free:")
+    assert [p for p in found if "Telegram would refuse" in p] == [
+        f"f.yaml:{line}:{line_col(mutated, line)}: Telegram would refuse this text: "
+        "<b> is opened but never closed"
+    ], found
+
+
+def line_col(text: str, line: int) -> int:
+    """The column of the first quoted value on `line` (where the checker points)."""
+    return text.splitlines()[line - 1].index('"') + 1
+
+
+def test_a_screen_over_telegrams_4096_is_an_error() -> None:
+    """A 4,923-character state text passed the old check; Telegram refuses it."""
+    long_help = "<b>Помощь</b>\\n" + "Длинная справка. " * 289
+    mutated = SOURCE.replace(HELP_RU, long_help)
+    line = line_of(mutated, "Длинная справка.")
+    found = problems(mutated)
+    assert len(found) == 1 and found[0].startswith(f"f.yaml:{line}:11: "), found
+    assert "can reach" in found[0] and "at most 4096" in found[0]
+
+
+def test_values_count_at_their_declared_length() -> None:
+    """The confirm screen with the whole prompt (2,000 characters, up to 4,000 code
+    units) could overflow: the file shows at most 1,000 ({prompt:.1000}); without that
+    cap, the check says so."""
+    mutated = SOURCE.replace("{prompt:.1000}", "{prompt}")
+    found = problems(mutated)
+    assert len(found) == 2 and all("can reach" in p for p in found), found
+    undeclared = SOURCE.replace("provides: {history: 2000}", "provides: [history]")
+    found = problems(undeclared)
+    assert len(found) == 2 and all("{history} has no declared length" in p for p in found)
+    bad_format = SOURCE.replace("{prompt:.1000}", "{prompt:>10}")
+    assert any("the only format is :.N" in p for p in problems(bad_format))
+
+
 def test_text_input_needs_example() -> None:
     mutated = SOURCE.replace('      example: "a red fox in the snow, watercolor"\n', "")
     assert any("needs an 'example'" in p for p in problems(mutated))
