@@ -8,10 +8,11 @@ size), so that `trt flows check` in CI rejects a broken file before deploy.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from engine import callback_data, telegram_html
 from engine.graph import FlowGraph, back_target
-from engine.loader import LoadedFlow, Loc, Problem
+from engine.loader import FlowError, LoadedFlow, Loc, Problem, load_flow
 from engine.registry import Registry
 from engine.spec import FlowSpec, LocalizedText, State
 from engine.text_limits import BadPlaceholder, fields, longest, sample, value_limits
@@ -28,6 +29,16 @@ class Report:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+
+def load_checked(path: Path, registry: Registry | None = None) -> LoadedFlow:
+    """The flow at `path` only if it passes the check: a bot never starts (nor reloads)
+    on a file with a screen that would not show. Raises FlowError with every problem."""
+    flow = load_flow(path)
+    report = check_flow(flow, registry)
+    if not report.ok:
+        raise FlowError(report.problems)
+    return flow
 
 
 def check_flow(flow: LoadedFlow, registry: Registry | None = None) -> Report:
@@ -210,6 +221,7 @@ class _Checker:
             if declared is not None:
                 names.update(declared.provides)
         for st in spec.states.values():
+            names.update(key for row in st.buttons for button in row for key in button.set)
             if st.input is not None:
                 names.add(st.input.store)
             if st.options is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -265,3 +266,39 @@ def test_the_editor_commands_import_no_aiogram() -> None:
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert "HEAVY []" in done.stdout, done.stdout[-2000:]
+
+
+BROKEN_TARGET = SOURCE.replace("to: history", "to: histroy", 1)
+
+
+@pytest.mark.parametrize(
+    ("argv", "env"),
+    [
+        (["flows", "graph", "{path}"], {}),
+        (["flows", "paths", "{path}"], {}),
+        (["run"], {"FLOWS_PATH": "{path}"}),
+        (["serve"], {"FLOWS_PATH": "{path}"}),
+    ],
+    ids=["graph", "paths", "run", "serve"],
+)
+def test_commands_refuse_a_file_that_fails_the_check(
+    tmp_path: Path, argv: list[str], env: dict[str, str]
+) -> None:
+    """A typo in a target used to start the bot (every tap: "menu is out of date") and
+    to draw a graph without the broken edge. Now each command prints the problem."""
+    assert BROKEN_TARGET != SOURCE
+    path = tmp_path / "flows.yaml"
+    path.write_text(BROKEN_TARGET, encoding="utf-8")
+    line = line_of(BROKEN_TARGET, "to: histroy")
+    result = subprocess.run(
+        [sys.executable, "-m", "trt.cli", *(a.format(path=path) for a in argv)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **{k: v.format(path=path) for k, v in env.items()}},
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stderr
+    assert f"{path}:{line}:" in result.stderr and "unknown state 'histroy'" in result.stderr
+    assert result.stdout == ""
