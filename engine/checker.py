@@ -15,6 +15,7 @@ from engine.graph import FlowGraph, back_target
 from engine.loader import FlowError, LoadedFlow, Loc, Problem, load_flow
 from engine.registry import Registry
 from engine.spec import FlowSpec, LocalizedText, State
+from engine.suggest import did_you_mean
 from engine.text_limits import BadPlaceholder, fields, longest, sample, value_limits
 
 
@@ -112,7 +113,7 @@ class _Checker:
             for key in ("parent", "back"):
                 target = getattr(st, key)
                 if target is not None and target not in spec.states:
-                    self.at((*loc, key), f"unknown state {target!r}")
+                    self.at((*loc, key), f"unknown state {target!r}{self.state_hint(target)}")
             known = self.placeholder_names(name)
             for locale, value in st.text.items():
                 try:
@@ -121,7 +122,8 @@ class _Checker:
                     continue  # said by self.text
                 for ph in dict.fromkeys(f.name for f in found):
                     if ph not in known:
-                        self.at((*loc, "text", locale), f"unknown placeholder {{{ph}}}")
+                        hint = did_you_mean(ph, known)
+                        self.at((*loc, "text", locale), f"unknown placeholder {{{ph}}}{hint}")
                 self.fits((*loc, "text", locale), st, value, locale)
             ids: set[str] = set()
             for r, row in enumerate(st.buttons):
@@ -139,14 +141,19 @@ class _Checker:
                         ("outcomes", o) for o in button.outcomes
                     ]:
                         if target is not None and target not in spec.states:
-                            self.at((*bloc, key), f"unknown state {target!r}")
+                            self.at(
+                                (*bloc, key), f"unknown state {target!r}{self.state_hint(target)}"
+                            )
                     if button.action is not None:
                         self.action_ref((*bloc, "action"), button.action)
             if st.options is not None:
                 oloc: Loc = (*loc, "options")
                 self.provider_ref((*oloc, "provider"), st.options.provider, kind="options")
                 if st.options.to not in spec.states:
-                    self.at((*oloc, "to"), f"unknown state {st.options.to!r}")
+                    self.at(
+                        (*oloc, "to"),
+                        f"unknown state {st.options.to!r}{self.state_hint(st.options.to)}",
+                    )
                 if st.options.action is not None:
                     self.action_ref((*oloc, "action"), st.options.action)
                 if st.options.empty_text is not None:
@@ -165,7 +172,7 @@ class _Checker:
                     ("outcomes", o) for o in st.input.outcomes
                 ]:
                     if target not in spec.states:
-                        self.at((*iloc, key), f"unknown state {target!r}")
+                        self.at((*iloc, key), f"unknown state {target!r}{self.state_hint(target)}")
                 if st.input.outcomes and not st.input.action:
                     self.at((*iloc, "outcomes"), "'outcomes' needs an 'action'")
                 if st.input.action is not None:
@@ -211,6 +218,9 @@ class _Checker:
             notices.append(st.input.error)
         return 2 + max(telegram_html.visible_length(n.get(locale, "")) for n in notices)
 
+    def state_hint(self, name: str) -> str:
+        return did_you_mean(name, self.spec.states)
+
     def placeholder_names(self, state: str) -> set[str]:
         """Names a state's text may use: its data providers' keys and every stored value."""
         spec = self.spec
@@ -230,11 +240,13 @@ class _Checker:
 
     def action_ref(self, loc: Loc, name: str) -> None:
         if name not in self.spec.actions:
-            self.at(loc, f"unknown action {name!r} (declare it under 'actions')")
+            hint = did_you_mean(name, self.spec.actions) or " (declare it under 'actions')"
+            self.at(loc, f"unknown action {name!r}{hint}")
 
     def provider_ref(self, loc: Loc, name: str, *, kind: str) -> None:
         if name not in self.spec.providers:
-            self.at(loc, f"unknown provider {name!r} (declare it under 'providers')")
+            hint = did_you_mean(name, self.spec.providers) or " (declare it under 'providers')"
+            self.at(loc, f"unknown provider {name!r}{hint}")
             return
         if self.registry is None:
             return
@@ -278,7 +290,8 @@ class _Checker:
             if name not in reachable:
                 self.at(
                     ("states", name),
-                    f"state {name!r} is unreachable from {spec.root!r} (and is not pushed)",
+                    f"no button or action leads to state {name!r} (from {spec.root!r}, "
+                    "nor from a pushed state)",
                     key=True,
                 )
         for name in spec.states:

@@ -15,7 +15,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from engine.spec import FlowSpec
+from engine.spec import KEYS, FlowSpec
+from engine.suggest import did_you_mean
 
 Loc = tuple[str | int, ...]
 # Builds plain scalars from composed nodes; collections are walked by hand.
@@ -100,10 +101,19 @@ def parse_flow(source: str, file: str = "flows.yaml") -> LoadedFlow:
     try:
         spec = FlowSpec.model_validate(data)
     except ValidationError as exc:
-        raise FlowError(_validation_problems(exc, positions)) from exc
+        raise FlowError(_validation_problems(exc, positions, data)) from exc
     canonical = json.dumps(data, sort_keys=True, ensure_ascii=False).encode()
     version = hashlib.blake2s(canonical, digest_size=3).hexdigest()[:4]
     return LoadedFlow(spec, positions, version)
+
+
+def _unknown_key(loc: Loc, data: dict[str, Any]) -> str:
+    name = str(loc[-1])
+    value = data.get(name) if len(loc) == 1 else None
+    if isinstance(value, dict) and "text" in value:
+        return f"{name!r} looks like a state: put it under states: (indented like the others)"
+    hint = did_you_mean(name, KEYS)
+    return f"unknown key {name!r}{hint}"
 
 
 def _to_python(node: yaml.Node, loc: Loc, pos: Positions, problems: list[Problem]) -> Any:
@@ -129,13 +139,15 @@ def _to_python(node: yaml.Node, loc: Loc, pos: Positions, problems: list[Problem
     return _SCALARS.construct_object(node)
 
 
-def _validation_problems(exc: ValidationError, positions: Positions) -> list[Problem]:
+def _validation_problems(
+    exc: ValidationError, positions: Positions, data: dict[str, Any]
+) -> list[Problem]:
     problems = []
     for err in exc.errors():
         loc = tuple(part for part in err["loc"] if isinstance(part, str | int))
         where = ".".join(str(p) for p in loc) or "top level"
         if err["type"] == "extra_forbidden":
-            problems.append(positions.at(loc, f"unknown key {loc[-1]!r}", key=True))
+            problems.append(positions.at(loc, _unknown_key(loc, data), key=True))
         elif err["type"] == "missing":
             problems.append(positions.at(loc[:-1], f"missing key {loc[-1]!r} in {where}"))
         else:

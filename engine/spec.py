@@ -132,3 +132,11 @@ class FlowSpec(_Strict):
     @property
     def default_locale(self) -> str:
         return self.locales[0]
+
+
+# Every key the file may use, for "did you mean" on a mistyped one.
+KEYS = frozenset(
+    name
+    for model in (Button, Options, Input, State, Declared, SystemTexts, FlowSpec)
+    for name in model.model_fields
+)

@@ -72,21 +72,49 @@ def test_unknown_key_is_reported_at_the_key() -> None:
     )
     line = line_of(mutated, "parnt: main")
     found = problems(mutated)
-    assert f"f.yaml:{line}:5: unknown key 'parnt'" in found
+    assert f"f.yaml:{line}:5: unknown key 'parnt' (did you mean 'parent'?)" in found
 
 
 def test_unknown_target_state() -> None:
     mutated = SOURCE.replace("to: help\n", "to: helpp\n")
     line = line_of(mutated, "to: helpp")
-    assert f"f.yaml:{line}:15: unknown state 'helpp'" in problems(mutated)
+    assert f"f.yaml:{line}:15: unknown state 'helpp' (did you mean 'help'?)" in problems(mutated)
+
+
+def test_names_far_from_any_known_get_no_suggestion() -> None:
+    mutated = SOURCE.replace("to: help\n", "to: xyzzy\n").replace(
+        "action: buy_package", "action: buy_pakage"
+    )
+    found = problems(mutated)
+    assert any(p.endswith("unknown state 'xyzzy'") for p in found), found
+    assert any(
+        p.endswith("unknown action 'buy_pakage' (did you mean 'buy_package'?)") for p in found
+    )
+    typo = SOURCE.replace("Ваша ссылка: {link}", "Ваша ссылка: {lnik}")
+    assert any(
+        p.endswith("unknown placeholder {lnik} (did you mean 'link'?)") for p in problems(typo)
+    )
+
+
+def test_a_state_dedented_to_the_top_level_is_named_as_such() -> None:
+    lines = SOURCE.splitlines()
+    start = lines.index("  help:")
+    end = start + 1
+    while end < len(lines) and (lines[end].startswith("    ") or not lines[end].strip()):
+        end += 1
+    mutated = "\n".join([*lines[:start], *(x[2:] for x in lines[start:end]), *lines[end:]])
+    assert problems(mutated) == [
+        f"f.yaml:{start + 1}:1: 'help' looks like a state: put it under states: "
+        "(indented like the others)"
+    ]
 
 
 def test_unreachable_state() -> None:
     mutated = SOURCE + "\n  orphan:\n    parent: main\n    text: {ru: 'a', en: 'b'}\n"
     line = line_of(mutated, "  orphan:")
     assert (
-        f"f.yaml:{line}:3: state 'orphan' is unreachable from 'main' (and is not pushed)"
-        in problems(mutated)
+        f"f.yaml:{line}:3: no button or action leads to state 'orphan' "
+        "(from 'main', nor from a pushed state)" in problems(mutated)
     )
 
 
