@@ -66,6 +66,42 @@ def test_yaml_syntax_error_has_line_and_column() -> None:
     assert "YAML syntax" in found[0]
 
 
+UNCLOSED = (
+    'a quote (") on this line is never closed: close it, or write \\" for a quote inside the text'
+)
+
+
+def with_line(index: int, text: str) -> str:
+    lines = SOURCE.splitlines()
+    lines[index] = text
+    return "\n".join(lines)
+
+
+def index_of(prefix: str) -> int:
+    return next(n for n, line in enumerate(SOURCE.splitlines()) if line.startswith(prefix))
+
+
+def test_an_unclosed_quote_points_at_the_line_that_opened_it() -> None:
+    """PyYAML gives up lines below ("expected ',' or '}'"); the editor needs the line
+    where the quote opened."""
+    block = index_of('      ru: "<b>Помощь')
+    mutated = with_line(block, SOURCE.splitlines()[block][:-1])
+    assert problems(mutated) == [f"f.yaml:{block + 1}:11: {UNCLOSED}"]
+    flow = index_of("  price_free:")
+    mutated = with_line(flow, '  price_free: {ru: "бесплатно, en: "free"}')
+    assert problems(mutated) == [f"f.yaml:{flow + 1}:20: {UNCLOSED}"]
+
+
+def test_a_mis_indented_key_says_what_it_belongs_under() -> None:
+    help_state = index_of("  help:")
+    mutated = with_line(help_state + 2, "   text:")
+    assert problems(mutated) == [
+        f"f.yaml:{help_state + 3}:4: 'text' is out of place: as a key of 'help' "
+        f"(line {help_state + 1}) it starts in column 5, like the keys next to it; "
+        "here it starts in column 4"
+    ]
+
+
 def test_unknown_key_is_reported_at_the_key() -> None:
     mutated = SOURCE.replace(
         "    parent: main\n    data: [kind_info]", "    parnt: main\n    data: [kind_info]"
