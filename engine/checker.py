@@ -7,14 +7,16 @@ size), so that `trt flows check` in CI rejects a broken file before deploy.
 
 from __future__ import annotations
 
-import string
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from engine import callback_data
+from engine import callback_data, telegram_html
 from engine.graph import FlowGraph, back_target
-from engine.loader import LoadedFlow, Loc, Problem
+from engine.loader import FlowError, LoadedFlow, Loc, Problem, load_flow
 from engine.registry import Registry
-from engine.spec import PLACEHOLDER, FlowSpec, LocalizedText
+from engine.spec import FlowSpec, LocalizedText, State
+from engine.suggest import did_you_mean
+from engine.text_limits import BadPlaceholder, fields, longest, sample, value_limits
 
 
 @dataclass(slots=True)
@@ -30,6 +32,16 @@ class Report:
         return not self.problems
 
 
+def load_checked(path: Path, registry: Registry | None = None) -> LoadedFlow:
+    """The flow at `path` only if it passes the check: a bot never starts (nor reloads)
+    on a file with a screen that would not show. Raises FlowError with every problem."""
+    flow = load_flow(path)
+    report = check_flow(flow, registry)
+    if not report.ok:
+        raise FlowError(report.problems)
+    return flow
+
+
 def check_flow(flow: LoadedFlow, registry: Registry | None = None) -> Report:
     checker = _Checker(flow, registry)
     checker.run()
@@ -41,6 +53,7 @@ class _Checker:
     def __init__(self, flow: LoadedFlow, registry: Registry | None) -> None:
         self.flow = flow
         self.spec: FlowSpec = flow.spec
+        self.limits = value_limits(flow.spec)
         self.registry = registry
         self.problems: list[Problem] = []
         self.unimplemented: list[str] = []
@@ -61,13 +74,25 @@ class _Checker:
         self.check_declarations()
         self.check_graph()
 
-    def text(self, loc: Loc, text: LocalizedText) -> None:
+    def text(self, loc: Loc, text: LocalizedText, *, markup: bool = True) -> None:
+        """Present in every locale, and (`markup`: sent as HTML) parsed by Telegram."""
         for locale in self.spec.locales:
             if not text.get(locale, "").strip():
                 self.at(loc, f"missing {locale!r} text")
-        for locale in text:
+        for locale, value in text.items():
             if locale not in self.spec.locales:
                 self.at((*loc, locale), f"unknown locale {locale!r}", key=True)
+            elif markup:
+                self.markup((*loc, locale), value)
+
+    def markup(self, loc: Loc, value: str) -> None:
+        try:
+            filled = sample(value)
+        except BadPlaceholder as exc:
+            self.at(loc, str(exc))
+            return
+        for problem in telegram_html.problems(filled):
+            self.at(loc, f"Telegram would refuse this text: {problem}")
 
     def check_texts(self) -> None:
         for name, value in self.spec.system:
@@ -88,17 +113,18 @@ class _Checker:
             for key in ("parent", "back"):
                 target = getattr(st, key)
                 if target is not None and target not in spec.states:
-                    self.at((*loc, key), f"unknown state {target!r}")
+                    self.at((*loc, key), f"unknown state {target!r}{self.state_hint(target)}")
             known = self.placeholder_names(name)
             for locale, value in st.text.items():
                 try:
-                    list(string.Formatter().parse(value))
-                except ValueError as exc:
-                    self.at((*loc, "text", locale), f"malformed placeholder braces: {exc}")
-                    continue
-                for ph in PLACEHOLDER.findall(value):
+                    _, found = fields(value)
+                except BadPlaceholder:
+                    continue  # said by self.text
+                for ph in dict.fromkeys(f.name for f in found):
                     if ph not in known:
-                        self.at((*loc, "text", locale), f"unknown placeholder {{{ph}}}")
+                        hint = did_you_mean(ph, known)
+                        self.at((*loc, "text", locale), f"unknown placeholder {{{ph}}}{hint}")
+                self.fits((*loc, "text", locale), st, value, locale)
             ids: set[str] = set()
             for r, row in enumerate(st.buttons):
                 for c, button in enumerate(row):
@@ -106,7 +132,7 @@ class _Checker:
                     if button.id in ids:
                         self.at((*bloc, "id"), f"duplicate button id {button.id!r} in {name!r}")
                     ids.add(button.id)
-                    self.text((*bloc, "text"), button.text)
+                    self.text((*bloc, "text"), button.text, markup=False)
                     if not button.to and not button.action:
                         self.at(bloc, f"button {button.id!r} has neither 'to' nor 'action'")
                     if button.outcomes and not button.action:
@@ -115,14 +141,19 @@ class _Checker:
                         ("outcomes", o) for o in button.outcomes
                     ]:
                         if target is not None and target not in spec.states:
-                            self.at((*bloc, key), f"unknown state {target!r}")
+                            self.at(
+                                (*bloc, key), f"unknown state {target!r}{self.state_hint(target)}"
+                            )
                     if button.action is not None:
                         self.action_ref((*bloc, "action"), button.action)
             if st.options is not None:
                 oloc: Loc = (*loc, "options")
                 self.provider_ref((*oloc, "provider"), st.options.provider, kind="options")
                 if st.options.to not in spec.states:
-                    self.at((*oloc, "to"), f"unknown state {st.options.to!r}")
+                    self.at(
+                        (*oloc, "to"),
+                        f"unknown state {st.options.to!r}{self.state_hint(st.options.to)}",
+                    )
                 if st.options.action is not None:
                     self.action_ref((*oloc, "action"), st.options.action)
                 if st.options.empty_text is not None:
@@ -141,7 +172,7 @@ class _Checker:
                     ("outcomes", o) for o in st.input.outcomes
                 ]:
                     if target not in spec.states:
-                        self.at((*iloc, key), f"unknown state {target!r}")
+                        self.at((*iloc, key), f"unknown state {target!r}{self.state_hint(target)}")
                 if st.input.outcomes and not st.input.action:
                     self.at((*iloc, "outcomes"), "'outcomes' needs an 'action'")
                 if st.input.action is not None:
@@ -153,6 +184,43 @@ class _Checker:
             for p, provider in enumerate(st.data):
                 self.provider_ref((*loc, "data", p), provider, kind="data")
 
+    def fits(self, loc: Loc, st: State, value: str, locale: str) -> None:
+        """The screen, every value at its longest, within Telegram's 4096: with the
+        longest notice the engine may put above it, and the empty-list text below."""
+        try:
+            bound = longest(value, self.limits)
+        except BadPlaceholder:
+            return
+        if bound.unbounded:
+            names = ", ".join(f"{{{n}}}" for n in bound.unbounded)
+            self.at(
+                loc,
+                f"{names} has no declared length, so this screen's length cannot be proven: "
+                "declare it where it comes from (provides: {name: N}) or write {name:.N}",
+            )
+            return
+        extra = self.longest_notice(st, locale)
+        if st.options is not None and st.options.empty_text is not None:
+            extra += 2 + telegram_html.visible_length(st.options.empty_text.get(locale, ""))
+        if bound.units + extra > telegram_html.MESSAGE_LIMIT:
+            self.at(
+                loc,
+                f"this screen can reach {bound.units + extra} characters with every value at "
+                f"its longest; Telegram shows at most {telegram_html.MESSAGE_LIMIT}: shorten "
+                "it, or show less of a value ({name:.N})",
+            )
+
+    def longest_notice(self, st: State, locale: str) -> int:
+        """A notice the engine sends above a screen (an input's error, 'out of date',
+        'unexpected input') and the blank line after it."""
+        notices = [self.spec.system.stale, self.spec.system.unexpected_input]
+        if st.input is not None:
+            notices.append(st.input.error)
+        return 2 + max(telegram_html.visible_length(n.get(locale, "")) for n in notices)
+
+    def state_hint(self, name: str) -> str:
+        return did_you_mean(name, self.spec.states)
+
     def placeholder_names(self, state: str) -> set[str]:
         """Names a state's text may use: its data providers' keys and every stored value."""
         spec = self.spec
@@ -163,6 +231,7 @@ class _Checker:
             if declared is not None:
                 names.update(declared.provides)
         for st in spec.states.values():
+            names.update(key for row in st.buttons for button in row for key in button.set)
             if st.input is not None:
                 names.add(st.input.store)
             if st.options is not None:
@@ -171,11 +240,13 @@ class _Checker:
 
     def action_ref(self, loc: Loc, name: str) -> None:
         if name not in self.spec.actions:
-            self.at(loc, f"unknown action {name!r} (declare it under 'actions')")
+            hint = did_you_mean(name, self.spec.actions) or " (declare it under 'actions')"
+            self.at(loc, f"unknown action {name!r}{hint}")
 
     def provider_ref(self, loc: Loc, name: str, *, kind: str) -> None:
         if name not in self.spec.providers:
-            self.at(loc, f"unknown provider {name!r} (declare it under 'providers')")
+            hint = did_you_mean(name, self.spec.providers) or " (declare it under 'providers')"
+            self.at(loc, f"unknown provider {name!r}{hint}")
             return
         if self.registry is None:
             return
@@ -219,7 +290,8 @@ class _Checker:
             if name not in reachable:
                 self.at(
                     ("states", name),
-                    f"state {name!r} is unreachable from {spec.root!r} (and is not pushed)",
+                    f"no button or action leads to state {name!r} (from {spec.root!r}, "
+                    "nor from a pushed state)",
                     key=True,
                 )
         for name in spec.states:

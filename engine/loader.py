@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from engine.spec import FlowSpec
+from engine.spec import KEYS, FlowSpec
+from engine.suggest import did_you_mean
 
 Loc = tuple[str | int, ...]
 # Builds plain scalars from composed nodes; collections are walked by hand.
@@ -82,9 +84,7 @@ def parse_flow(source: str, file: str = "flows.yaml") -> LoadedFlow:
     try:
         node = yaml.compose(source, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        raise FlowError([Problem(file, line, col, f"YAML syntax: {exc.problem}")]) from exc
+        raise FlowError([_syntax_problem(source, file, exc)]) from exc
     except yaml.YAMLError as exc:
         raise FlowError([Problem(file, 1, 1, f"YAML: {exc}")]) from exc
     if node is None:
@@ -100,10 +100,71 @@ def parse_flow(source: str, file: str = "flows.yaml") -> LoadedFlow:
     try:
         spec = FlowSpec.model_validate(data)
     except ValidationError as exc:
-        raise FlowError(_validation_problems(exc, positions)) from exc
+        raise FlowError(_validation_problems(exc, positions, data)) from exc
     canonical = json.dumps(data, sort_keys=True, ensure_ascii=False).encode()
     version = hashlib.blake2s(canonical, digest_size=3).hexdigest()[:4]
     return LoadedFlow(spec, positions, version)
+
+
+_KEY_LINE = re.compile(r"^(?P<indent> *)(?:- +)?(?P<key>[A-Za-z_][\w-]*) *:(?: |$)")
+
+
+def _syntax_problem(source: str, file: str, exc: yaml.MarkedYAMLError) -> Problem:
+    """A YAML error where the editor made it, in words: PyYAML reports where it gave up,
+    often lines below an unclosed quote, and in its grammar's terms."""
+    mark = exc.problem_mark or exc.context_mark
+    line = mark.line if mark else 0
+    lines = source.splitlines()
+    for n in range(min(line, len(lines) - 1), max(line - 6, -1), -1):
+        quotes = [i for i, c in enumerate(lines[n]) if c == '"' and lines[n][i - 1 : i] != "\\"]
+        if len(quotes) % 2:
+            return Problem(
+                file,
+                n + 1,
+                quotes[0] + 1,
+                'a quote (") on this line is never closed: close it, or write \\" for a '
+                "quote inside the text",
+            )
+    problem = str(exc.problem)
+    if "block end" in problem or "mapping values are not allowed" in problem:
+        found = _misplaced_key(lines, line)
+        if found is not None:
+            return Problem(file, line + 1, found[1], found[0])
+    where = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+    return Problem(file, *where, f"YAML syntax: {problem}")
+
+
+def _misplaced_key(lines: list[str], line: int) -> tuple[str, int] | None:
+    """Which key is out of place at `line`, and what it belongs under."""
+    here = _KEY_LINE.match(lines[line]) if line < len(lines) else None
+    if here is None:
+        return None
+    indent = len(here["indent"])
+    for n in range(line - 1, -1, -1):
+        owner = _KEY_LINE.match(lines[n])
+        if owner is not None and len(owner["indent"]) < indent and lines[n].rstrip().endswith(":"):
+            siblings = [
+                len(m["indent"])
+                for m in map(_KEY_LINE.match, lines[n + 1 : line])
+                if m is not None and len(m["indent"]) > len(owner["indent"])
+            ]
+            expected = min(siblings) if siblings else len(owner["indent"]) + 2
+            return (
+                f"{here['key']!r} is out of place: as a key of {owner['key']!r} (line {n + 1}) "
+                f"it starts in column {expected + 1}, like the keys next to it; here it "
+                f"starts in column {indent + 1}",
+                indent + 1,
+            )
+    return None
+
+
+def _unknown_key(loc: Loc, data: dict[str, Any]) -> str:
+    name = str(loc[-1])
+    value = data.get(name) if len(loc) == 1 else None
+    if isinstance(value, dict) and "text" in value:
+        return f"{name!r} looks like a state: put it under states: (indented like the others)"
+    hint = did_you_mean(name, KEYS)
+    return f"unknown key {name!r}{hint}"
 
 
 def _to_python(node: yaml.Node, loc: Loc, pos: Positions, problems: list[Problem]) -> Any:
@@ -129,13 +190,15 @@ def _to_python(node: yaml.Node, loc: Loc, pos: Positions, problems: list[Problem
     return _SCALARS.construct_object(node)
 
 
-def _validation_problems(exc: ValidationError, positions: Positions) -> list[Problem]:
+def _validation_problems(
+    exc: ValidationError, positions: Positions, data: dict[str, Any]
+) -> list[Problem]:
     problems = []
     for err in exc.errors():
         loc = tuple(part for part in err["loc"] if isinstance(part, str | int))
         where = ".".join(str(p) for p in loc) or "top level"
         if err["type"] == "extra_forbidden":
-            problems.append(positions.at(loc, f"unknown key {loc[-1]!r}", key=True))
+            problems.append(positions.at(loc, _unknown_key(loc, data), key=True))
         elif err["type"] == "missing":
             problems.append(positions.at(loc[:-1], f"missing key {loc[-1]!r} in {where}"))
         else:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-from aiogram import Bot
+from typing import TYPE_CHECKING, Any
 
 from engine.spec import ArgValue
+
+if TYPE_CHECKING:  # `trt flows check` reads the registry's names: no aiogram there
+    from aiogram import Bot
 
 
 @dataclass(frozen=True, slots=True)

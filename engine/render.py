@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import logging
+import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from engine.graph import back_target
 from engine.loader import LoadedFlow
 from engine.registry import Context, Option, Registry
 from engine.spec import PLACEHOLDER, Options
+from engine.text_limits import clip, value_limits
 
 log = logging.getLogger(__name__)
 _STATIC_CACHE_SIZE = 4096
@@ -48,8 +50,18 @@ class _Values(dict[str, str]):
         return "—"
 
 
-def _escape(value: object) -> str:
-    return html.escape(str(value), quote=False)
+class _HtmlFormatter(string.Formatter):
+    """Fills a text's placeholders with escaped values, so that no value can break the
+    markup; `{name:.N}` cuts the value before escaping (never inside an `&amp;`)."""
+
+    def format_field(self, value: object, format_spec: str) -> str:
+        text = str(value)
+        if format_spec.startswith(".") and format_spec[1:].isdigit():
+            text = text[: int(format_spec[1:])]
+        return html.escape(text, quote=False)
+
+
+_FORMAT = _HtmlFormatter()
 
 
 class Renderer:
@@ -57,6 +69,7 @@ class Renderer:
         self.version = flow.version
         self.spec = flow.spec
         self.registry = registry
+        self.limits = value_limits(flow.spec)
         self._templates: dict[tuple[str, str], _Template] = {}
         # Screens with neither placeholders nor options depend only on the
         # counter; counters are small numbers shared by many conversations.
@@ -131,12 +144,16 @@ class Renderer:
         text = tpl.text
         ctx = None if static else context()
         if ctx is not None and tpl.needs_values:
-            values = _Values({k: _escape(v) for k, v in ctx.data.items()})
+            # Each value cut to its declared length: the bound `trt flows check` proved
+            # the screen with.
+            most = self.limits.get
+            values = _Values({k: clip(str(v), most(k)) for k, v in ctx.data.items()})
             for name in tpl.data_providers:
                 provider = self.registry.data_providers.get(name)
                 if provider is not None:
-                    values.update({k: _escape(v) for k, v in (await provider(ctx)).items()})
-            text = text.format_map(values)
+                    provided = await provider(ctx)
+                    values.update({k: clip(str(v), most(k)) for k, v in provided.items()})
+            text = _FORMAT.vformat(text, (), values)
         pre = callback_data.prefix(self.version, counter)
         keyboard: list[list[InlineKeyboardButton]] = []
         if ctx is not None and tpl.options is not None:

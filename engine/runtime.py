@@ -204,6 +204,41 @@ class FlowEngine:
         forget = message.message_id if message is not None else None
         await self.remember(where, snap, sent.message_id, shown, forget=forget)
 
+    async def show_or_undo(
+        self,
+        where: Where,
+        before: Snapshot,
+        after: Snapshot,
+        message: Message | None,
+        source: str,
+        screen: Screen | None = None,
+    ) -> None:
+        """Shows the screen a move led to; if Telegram refuses it (markup it cannot
+        parse, a text over its limit), the move is undone: the user stays where they
+        were, told so with an error id, and the conversation is not stuck on a screen
+        that cannot show (every later tap would be "out of date")."""
+        try:
+            await self.show(where, after, message, source, screen)
+        except TelegramBadRequest as exc:
+            error_id = secrets.token_hex(3)
+            log.error(
+                "screen %s refused by Telegram [error %s] in %s: %s",
+                after.state,
+                error_id,
+                where.key,
+                exc.message,
+            )
+            back = Snapshot(
+                before.state,
+                after.counter + 1,
+                before.locale,
+                Marks.of(after).moved().apply(product_data(before.data)),
+            )
+            if not await self.store.save(where.key, back, after.counter):
+                back = await self.load_or_create(where)
+            text = self.renderer.system("error", back.locale).format(error_id=error_id)
+            await self.send(where, back, prefix=text)
+
     async def load_or_create(self, where: Where) -> Snapshot:
         for _ in range(_CAS_ATTEMPTS):
             snap = await self.store.load(where.key)
@@ -408,7 +443,7 @@ class FlowEngine:
             await self.settle(where, source, message, answer)
             return
         await answer()
-        await self.show(where, moved, message, source, screen)
+        await self.show_or_undo(where, snap, moved, message, source, screen)
 
     async def with_screen(
         self, where: Where, snap: Snapshot, marks: Marks, message: Message | None
@@ -491,7 +526,7 @@ class FlowEngine:
             await self.settle(where, run.by, message, answer, claimed.counter)
             return
         await self.answer_outcome(outcome, claimed.locale, answer)
-        await self.show(where, done, message, run.by, screen)
+        await self.show_or_undo(where, claimed, done, message, run.by, screen)
 
     async def failed(
         self,
@@ -562,4 +597,4 @@ class FlowEngine:
             current = await self.load_or_create(where)
             await self.send(where, current, prefix=self.renderer.system("stale", snap.locale))
             return
-        await self.send(where, moved)
+        await self.show_or_undo(where, snap, moved, None, source)

@@ -21,7 +21,8 @@ LocalizedText = dict[str, str]
 InputKind = Literal["text", "photo", "video", "audio", "document"]
 ArgValue = str | int | float | bool
 
-PLACEHOLDER = re.compile(r"(?<!\{)\{([a-zA-Z_][a-zA-Z0-9_]*)\}(?!\})")
+# `{name}`, or `{name:.N}` to show at most N characters of the value.
+PLACEHOLDER = re.compile(r"(?<!\{)\{([a-zA-Z_][a-zA-Z0-9_]*)(?::\.[0-9]+)?\}(?!\})")
 
 
 class _Strict(BaseModel):
@@ -90,14 +91,21 @@ class State(_Strict):
     # Shown by the product from outside an update (FlowEngine.push), e.g. a finished
     # job: the data keys the product passes. Such a state counts as reachable, and
     # only such states may be pushed.
-    pushed: list[Identifier] | None = None
+    # Like a provider's `provides`, each key may carry its longest value: `{job_model: 80}`.
+    pushed: list[Identifier] | dict[Identifier, Annotated[int, Field(ge=1, le=4096)]] | None = None
 
 
 class Declared(_Strict):
     """An action or provider named in the file; Python may implement it later."""
 
     description: str = ""
-    provides: list[str] = Field(default_factory=list)
+    # The values a provider gives, each with the most characters it shows
+    # (`{balance: 32}`): what lets the checker prove a screen fits Telegram's limit.
+    # The engine cuts a longer value. A bare list declares names without lengths,
+    # which the checker refuses for any value a text shows.
+    provides: list[str] | dict[str, Annotated[int, Field(ge=1, le=4096)]] = Field(
+        default_factory=list
+    )
 
 
 class SystemTexts(_Strict):
@@ -124,3 +132,11 @@ class FlowSpec(_Strict):
     @property
     def default_locale(self) -> str:
         return self.locales[0]
+
+
+# Every key the file may use, for "did you mean" on a mistyped one.
+KEYS = frozenset(
+    name
+    for model in (Button, Options, Input, State, Declared, SystemTexts, FlowSpec)
+    for name in model.model_fields
+)

@@ -6,15 +6,16 @@ from the jobs table. Words come from flows.yaml through `ctx.text`.
 
 from __future__ import annotations
 
-import html
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from engine.registry import Context, Option, Outcome, Registry
-from flows.generation.delivery import deliver_result
-from flows.generation.service import rub
-from flows.services import Services
-from storage.jobs import JobRecord
-from storage.ledger import StatementLine
+from pricing.money import rub
+
+if TYPE_CHECKING:  # at run time only the services need them: `trt flows check` stays light
+    from flows.services import Services
+    from storage.jobs import JobRecord
+    from storage.ledger import StatementLine
 
 HISTORY_LINES = 10
 MOVEMENTS = 5
@@ -34,7 +35,7 @@ def _movement(ctx: Context, line: StatementLine) -> str:
     """A ledger line in plain words: "+150 ₽ top-up", "−11 ₽ generation (Flux 2)"."""
     sign = "+" if line.posted > 0 else "−"
     words = ctx.text(f"mv_{line.reason}") if line.reason in _REASONS else line.reason
-    note = f" ({html.escape(line.note)})" if line.note and line.reason == "generation" else ""
+    note = f" ({line.note})" if line.note and line.reason == "generation" else ""
     return f"• {line.at.strftime('%d.%m')} {sign}{rub(abs(line.posted))} {words}{note}"
 
 
@@ -42,7 +43,7 @@ def _history_line(ctx: Context, job: JobRecord) -> str:
     when = job.created_at.strftime("%d.%m %H:%M")
     price = ctx.text("price_free") if job.price == 0 else rub(job.price)
     status = ctx.text(_STATUS.get(job.state, "job_status_running"))
-    return f"• {when} — {html.escape(_title(job))}, {price}, {status}"
+    return f"• {when} — {_title(job)}, {price}, {status}"
 
 
 def register_account_screens(registry: Registry, services: Callable[[], Services]) -> None:
@@ -83,6 +84,8 @@ def register_account_screens(registry: Registry, services: Callable[[], Services
         if job is None or job.user_id != ctx.user_id:
             raise LookupError(f"job {ctx.data.get('job')!r} is not this user's")
         caption = ctx.text("result_caption").format(model=_title(job))
+        from flows.generation.delivery import deliver_result
+
         await deliver_result(
             ctx.bot,
             ctx.chat_id,

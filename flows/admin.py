@@ -19,6 +19,7 @@ import math
 from collections.abc import Callable
 from datetime import timedelta
 from decimal import Decimal, InvalidOperation
+from html import escape
 from typing import Any
 
 from aiogram import F, Router
@@ -26,10 +27,10 @@ from aiogram.filters import Command, CommandObject
 from aiogram.types import Message
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from flows.generation.service import rub
 from flows.payments.service import PaymentsService
 from flows.services import Services
 from pricing.catalog import rub_to_kopecks
+from pricing.money import rub
 from storage.ledger import LedgerError, TransferRecord
 from storage.ledger_values import Refusal
 from storage.payments import audit_row, write_audit
@@ -118,7 +119,8 @@ class AdminCommands:
         self.text: Callable[[str, str], str] = payments.text
 
     def say(self, key: str, **values: Any) -> str:
-        return self.text(key, "ru").format(**values)
+        """A reply in Telegram HTML, as every text of flows.yaml: values are escaped."""
+        return self.text(key, "ru").format(**{k: escape(str(v)) for k, v in values.items()})
 
     async def stats(self, _command: CommandObject, _key: str) -> str:
         s = await self.payments.store.stats()
@@ -238,7 +240,7 @@ def admin_router(
             result = commands.say(refused.key, **refused.values)
         # Found already when the command's transfer wrote it, or on a redelivery.
         await payments.store.audit({**audit, "result": result[:500]})
-        await message.answer(result, parse_mode=None)
+        await message.answer(result)
 
     router.message.register(run, Command("stats", "user", "credit", "debit", "refund", "promo"))
     return router

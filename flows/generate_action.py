@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from engine.registry import Context, Outcome, Registry
 from flows.generation.request import build_request
-from flows.services import Services
-from pricing.catalog import Catalog
+
+if TYPE_CHECKING:
+    from flows.services import Services
+    from pricing.catalog import Catalog
 
 
 def register_generate(

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from engine.registry import Registry
 from flows.account_screens import register_account_screens
 from flows.catalog_menus import register_catalog_menus
 from flows.generate_action import register_generate
 from flows.payments.screens import register_payment_screens
-from flows.services import Services
-from pricing.catalog import Catalog
 from pricing.source import CatalogSource, catalog_provider
+
+if TYPE_CHECKING:  # the services (aiogram, the database) are not needed to list names
+    from flows.services import Services
+    from pricing.catalog import Catalog
 
 
 def build_registry(
@@ -26,11 +29,20 @@ def build_registry(
     registry = Registry()
     current = catalog_provider(catalog)
     register_catalog_menus(registry, current)
-    need = Services.need(services)
+    need = _need(services)
     register_account_screens(registry, need)
     register_generate(registry, need, current, image_url or _no_images)
     register_payment_screens(registry, need)
     return registry
+
+
+def _need(services: Services | None) -> Callable[[], Services]:
+    def get() -> Services:
+        if services is None:
+            raise RuntimeError("this bot was built without a database")
+        return services
+
+    return get
 
 
 def _no_images(file_id: str) -> str:

@@ -7,7 +7,6 @@ which needs this: so they are attached after the engine exists.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -26,15 +25,6 @@ class Services:
     jobs: JobStore
     _generation: GenerationService | None = field(default=None, repr=False)
     _payments: PaymentsService | None = field(default=None, repr=False)
-
-    @staticmethod
-    def need(services: Services | None) -> Callable[[], Services]:
-        def get() -> Services:
-            if services is None:
-                raise RuntimeError("this bot was built without a database")
-            return services
-
-        return get
 
     @classmethod
     def on(cls, db: AsyncEngine) -> Services:

@@ -29,6 +29,11 @@ def rub_to_kopecks(rub: str) -> int:
     return to_kopecks(Decimal(rub))
 
 
+def rub(kopecks: int) -> str:
+    """An amount for a screen, with the sign: `1886` -> `"18.86 ₽"`."""
+    return f"{format_rub(kopecks)} ₽"
+
+
 def format_rub(kopecks: int) -> str:
     """`1886` -> `"18.86"`, `1100` -> `"11"`: rubles for a screen, without the sign."""
     sign = "-" if kopecks < 0 else ""

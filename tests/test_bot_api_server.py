@@ -146,6 +146,19 @@ async def test_html_that_telegram_cannot_parse_is_refused(bot: Bot, api: FakeBot
     assert 7 not in api.messages
 
 
+async def test_texts_over_telegrams_limits_are_refused(bot: Bot, api: FakeBotAPI) -> None:
+    """4096 UTF-16 code units for a text, 1024 for a caption, counted after the markup."""
+    assert (await bot.send_message(7, "<b>" + "я" * 4096 + "</b>")).text == "я" * 4096
+    with pytest.raises(TelegramBadRequest, match="message is too long"):
+        await bot.send_message(7, "я" * 4097)
+    with pytest.raises(TelegramBadRequest, match="message is too long"):
+        await bot.send_message(7, "😀" * 2049)  # two code units each
+    picture = BufferedInputFile(b"\x89PNG\r\n\x1a\n" + bytes(64), filename="p.png")
+    with pytest.raises(TelegramBadRequest, match="caption is too long"):
+        await bot.send_photo(7, picture, caption="x" * 1025)
+    assert len(api.messages[7]) == 1
+
+
 async def test_callback_data_over_64_bytes_is_refused(bot: Bot) -> None:
     with pytest.raises(TelegramBadRequest, match="BUTTON_DATA_INVALID"):
         await bot.send_message(7, "menu", reply_markup=keyboard([("long", "x" * 65)]))

@@ -21,13 +21,8 @@ from pydantic import ValidationError
 
 from engine.local.bot_api_server import FakeBotAPI
 from flows.generation.delivery import deliver_result
-from flows.generation.safe_fetch import (
-    RESULT_FETCH_TIMEOUT_S,
-    FetchError,
-    FetchPolicy,
-    FetchRefused,
-    ResultFetcher,
-)
+from flows.generation.fetch_policy import FetchError, FetchPolicy, FetchRefused
+from flows.generation.safe_fetch import RESULT_FETCH_TIMEOUT_S, ResultFetcher
 from flows.generation.service import GRACE
 from flows.generation.settings import GenerationSettings
 from trt.app import build_bot

@@ -284,3 +284,43 @@ async def test_answer_failure_does_not_hide_the_move(stack: Stack) -> None:
     await chat.post(update)
     assert await state_of(chat) == "help"
     assert stack.api.answered_callbacks[update["callback_query"]["id"]] == 1
+
+
+REFUSAL = "Bad Request: can't parse entities: Can't find end tag corresponding to start tag b"
+
+
+async def test_a_screen_telegram_refuses_leaves_the_user_where_they_were(stack: Stack) -> None:
+    """Telegram refuses the next screen (its parser found what ours did not): the move is
+    undone, the user gets the error text with an id above the screen they were on, its
+    buttons work, and the tap is answered once; nothing says "out of date" later."""
+    chat = stack.chat(23)
+    await chat.send("/start")
+    before = chat.screen()
+    stack.api.inject_error("editMessageText", 400, REFUSAL)
+    stack.api.inject_error("sendMessage", 400, REFUSAL)
+    calls = await chat.tap("❓ Помощь")
+    assert await state_of(chat) == "main"
+    answers = [c for c in calls if c.method == "answerCallbackQuery"]
+    assert len(answers) == 1 and not answers[0].failed
+    shown = chat.screen()
+    assert shown.message_id != before.message_id
+    assert re.match(r"Что-то пошло не так \(код [0-9a-f]{6}\)", shown.text), shown.text
+    assert "Главное меню" in shown.text
+    await chat.tap("❓ Помощь")  # the buttons of the screen shown with the error work
+    assert await state_of(chat) == "help"
+    assert chat.screen().text.startswith("Помощь")
+
+
+async def test_an_input_whose_next_screen_is_refused_stays_on_the_input(stack: Stack) -> None:
+    chat = stack.chat(24)
+    await chat.send("/start")
+    await chat.tap("🆓 Бесплатные модели")
+    await chat.tap(chat.screen().buttons[0][0][0])
+    await chat.tap("▶️ Начать")
+    prompt_state = await state_of(chat)
+    stack.api.inject_error("sendMessage", 400, REFUSAL)
+    await chat.send("a red fox in the snow")
+    assert await state_of(chat) == prompt_state
+    assert re.match(r"Что-то пошло не так \(код [0-9a-f]{6}\)", chat.screen().text)
+    await chat.send("a red fox in the snow")  # typed again: now it goes on
+    assert chat.screen().text.startswith("Проверьте заказ")

@@ -82,6 +82,7 @@ _FLOW: dict[str, Any] = {
             "input": {
                 "accept": ["text"],
                 "store": "word",
+                "max_length": 40,
                 "next": "done",
                 "action": "record_word",
                 "example": "hello",

@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from engine.loader import load_flow
 from engine.local.bot_api_server import FakeBotAPI
-from flows.payments.growth import referral_code
+from flows.payments.referral import referral_code
 from flows.payments.settings import PaymentSettings
 from tests.harness import ROOT, Chat, Stack, answer_text, running_stack
 from tests.ledger_support import check_invariants

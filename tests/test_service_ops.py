@@ -22,7 +22,7 @@ import trt.serve  # noqa: F401 - registers every collector, as the running servi
 from engine.loader import load_flow
 from tests.conftest import in_ci
 from trt.observability.metrics import REGISTRY
-from trt.settings import settings_classes
+from trt.settings import SETTINGS_MODULES, every_module, settings_classes
 
 ROOT = Path(__file__).resolve().parent.parent
 OPS = ROOT / "ops"
@@ -168,6 +168,15 @@ def every_setting() -> set[str]:
         for cls in settings_classes()
         for name, field in cls.model_fields.items()
     }
+
+
+def test_settings_modules_name_every_settings_class() -> None:
+    """`trt` reads the settings of SETTINGS_MODULES only (fast); importing every module
+    of the project must find no class outside them."""
+    listed = settings_classes()
+    every_module()
+    assert settings_classes() == listed
+    assert {cls.__module__ for cls in listed} == set(SETTINGS_MODULES)
 
 
 def test_env_example_lists_every_setting_and_nothing_else() -> None:

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import event
 
 from engine.registry import Context
-from flows.payments.growth import referral_code
+from flows.payments.referral import referral_code
 from flows.payments.settings import PaymentSettings
 from tests.harness import Stack, running_stack
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from engine.checker import check_flow
+from engine.checker import check_flow, load_checked
 from engine.diagram import dot, mermaid
 from engine.graph import FlowGraph
 from engine.loader import FlowError, LoadedFlow, load_flow
@@ -24,20 +24,39 @@ log = logging.getLogger("trt")
 
 
 def _load(path: Path) -> LoadedFlow | None:
+    """The flow, if it passes the check; else its problems on stderr. Graphs and paths
+    of a broken file would silently leave out what is broken."""
+    from flows.registry import build_registry
+
     try:
-        return load_flow(path)
+        return load_checked(path, build_registry())
     except FlowError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+        _print_problems(exc)
         return None
 
 
+def _print_problems(exc: FlowError) -> None:
+    for problem in exc.problems:
+        print(problem, file=sys.stderr)
+
+
+def refused(command: str, path: Path) -> int | None:
+    """1 (after printing why) when the flows file fails the check: `trt run` and `trt
+    serve` do not start on it."""
+    if _load(path) is not None:
+        return None
+    print(f"trt {command}: {path} fails the check (above); the bot does not start", file=sys.stderr)
+    return 1
+
+
 def flows_check(args: argparse.Namespace) -> int:
-    flow = _load(args.file)
-    if flow is None:
-        return 1
     from flows.registry import build_registry
 
+    try:
+        flow = load_flow(args.file)
+    except FlowError as exc:
+        _print_problems(exc)
+        return 1
     report = check_flow(flow, build_registry())
     for problem in report.problems:
         print(problem, file=sys.stderr)
@@ -111,12 +130,17 @@ def migrate(_: argparse.Namespace) -> int:
 def run(_: argparse.Namespace) -> int:
     from trt.run import run_bot
 
-    return asyncio.run(run_bot(Settings()))
+    settings = Settings()
+    if (code := refused("run", settings.flows_path)) is not None:
+        return code
+    return asyncio.run(run_bot(settings))
 
 
 def serve(_: argparse.Namespace) -> int:
     from trt.serve import main as serve_main
 
+    if (code := refused("serve", Settings().flows_path)) is not None:
+        return code
     return serve_main()
 
 

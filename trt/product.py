@@ -20,7 +20,7 @@ from aiogram.types import User
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from engine.loader import load_flow
+from engine.checker import load_checked
 from engine.runtime import FlowEngine
 from engine.store import MemoryStore, StateStore
 from flows.admin import admin_router
@@ -82,7 +82,7 @@ def build_product(
     pay = payment_settings or PaymentSettings()
     prices = catalog if catalog is not None else CatalogSource()
     registry = build_registry(prices, services, links.url if links else None)
-    engine = FlowEngine(load_flow(flows_path), registry, CorrelatedStore(store))
+    engine = FlowEngine(load_checked(flows_path, registry), registry, CorrelatedStore(store))
     payments = PaymentsService(
         store=PaymentStore(db),
         ledger=services.ledger,

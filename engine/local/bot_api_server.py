@@ -52,6 +52,8 @@ _TAGS = {"b": "bold", "strong": "bold", "i": "italic", "em": "italic", "u": "und
 _TAGS |= {"ins": "underline", "s": "strikethrough", "strike": "strikethrough", "pre": "pre"}
 _TAGS |= {"del": "strikethrough", "code": "code", "a": "text_link", "tg-spoiler": "spoiler"}
 _ENTITIES_OF = {"text": "entities", "caption": "caption_entities"}
+# Telegram's limits, in UTF-16 code units of the text after entities parsing.
+_LIMITS = {"text": 4096, "caption": 1024}
 # Media kinds by send method, with the fields their objects carry besides the file's own.
 _MEDIA = {"sendPhoto": "photo", "sendVideo": "video", "sendAudio": "audio"}
 _MEDIA |= {"sendDocument": "document", "sendAnimation": "animation"}
@@ -137,6 +139,8 @@ def _formatted(params: JSONDict, key: str) -> JSONDict:
     entities: list[JSONDict] = list(params.get(entities_key) or [])
     if str(params.get("parse_mode")).lower() == "html":
         raw, entities = _html(raw)
+    if _utf16_len(raw) > _LIMITS[key]:
+        raise _bad("message is too long" if key == "text" else "message caption is too long")
     if not raw:
         return {}
     return {key: raw, entities_key: entities} if entities else {key: raw}

@@ -17,7 +17,8 @@ from aiogram import Bot
 from aiogram.exceptions import TelegramBadRequest, TelegramNetworkError
 from aiogram.types import BufferedInputFile
 
-from flows.generation.safe_fetch import FetchError, FetchRefused, ResultFetcher
+from flows.generation.fetch_policy import FetchError, FetchRefused
+from flows.generation.safe_fetch import ResultFetcher
 
 log = logging.getLogger(__name__)
 

@@ -3,14 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from engine.registry import Context
-from flows.generation.service import GenerationRequest
-from pricing.catalog import Catalog
+if TYPE_CHECKING:
+    from engine.registry import Context
+    from pricing.catalog import Catalog
 
 # The conversation data a job keeps, so "again" can show the same order.
 ORDER_KEYS = ("kind", "model", "params", "prompt", "image")
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """What the confirm screen showed, priced: everything a job needs to run on its own."""
+
+    model_id: str
+    kie_model: str
+    kind: str
+    title: str
+    input: dict[str, Any]
+    price: int
+    data: dict[str, Any]
+
 
 
 def build_request(

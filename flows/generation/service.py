@@ -37,12 +37,13 @@ from aiogram.exceptions import (
 
 from flows.generation.delivery import deliver_result
 from flows.generation.lifecycle import ACTIVE, LIFECYCLE, UNFINISHED
+from flows.generation.request import GenerationRequest
 from flows.generation.safe_fetch import ResultFetcher
 from flows.generation.settings import GenerationSettings
 from kie.client import KieClient
 from kie.errors import CreateOutcomeUnknown, KieError, NotFound
 from kie.task import TaskInfo
-from pricing.catalog import format_rub
+from pricing.money import rub
 from storage.errors import is_unavailable
 from storage.jobs import JobRecord, JobStore
 from storage.ledger import HoldExpired, HoldNotPending, InsufficientFunds, Ledger, UnknownHold
@@ -57,29 +58,12 @@ GRACE = timedelta(seconds=60)
 SENDING_SHARE_OF_LEASE = 0.8
 
 
-def rub(kopecks: int) -> str:
-    return f"{format_rub(kopecks)} ₽"
-
-
 class Pusher(Protocol):
     """The engine's way to show a screen outside an update (FlowEngine.push)."""
 
     async def push(
         self, bot: Bot, chat_id: int, user_id: int, state: str, data: dict[str, Any] | None = None
     ) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class GenerationRequest:
-    """What the confirm screen showed, priced: everything a job needs to run on its own."""
-
-    model_id: str
-    kie_model: str
-    kind: str
-    title: str
-    input: dict[str, Any]
-    price: int
-    data: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from flows.generation.safe_fetch import FetchPolicy
+from flows.generation.fetch_policy import FetchPolicy
 
 
 class GenerationSettings(BaseSettings):

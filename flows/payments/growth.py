@@ -14,33 +14,9 @@ from typing import Any
 from aiogram import BaseMiddleware
 from aiogram.types import Message, TelegramObject
 
+from flows.payments.referral import parse_referral
 from storage.ledger import Ledger
 from storage.users import ensure_user
-
-_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
-REF_PREFIX = "ref_"
-
-
-def referral_code(user_id: int) -> str:
-    n, out = user_id, ""
-    while True:
-        n, digit = divmod(n, 36)
-        out = _DIGITS[digit] + out
-        if n == 0:
-            return out
-
-
-def parse_referral(start_arg: str) -> int | None:
-    if not start_arg.startswith(REF_PREFIX):
-        return None
-    try:
-        return int(start_arg.removeprefix(REF_PREFIX), 36)
-    except ValueError:
-        return None
-
-
-def referral_link(bot_username: str, user_id: int) -> str:
-    return f"https://t.me/{bot_username}?start={REF_PREFIX}{referral_code(user_id)}"
 
 
 class FirstContact(BaseMiddleware):

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from engine.registry import Context, Option, Outcome, Registry
-from flows.generation.service import rub
-from flows.payments.growth import referral_link
-from flows.payments.service import PaymentsService
-from flows.services import Services
+from flows.payments.referral import referral_link
+from pricing.money import rub
+
+if TYPE_CHECKING:
+    from flows.payments.service import PaymentsService
+    from flows.services import Services
 
 PROMO_NOTICES = {"unknown": "promo_unknown", "used": "promo_used", "exhausted": "promo_exhausted"}
 

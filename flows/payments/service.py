@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import html
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -29,8 +30,9 @@ from aiogram.exceptions import (
 )
 from aiogram.types import LabeledPrice
 
-from flows.generation.service import Pusher, rub
+from flows.generation.service import Pusher
 from flows.payments.settings import PaymentSettings
+from pricing.money import rub
 from pricing.topups import STARS, Package
 from storage.ledger import HoldNotPending, InsufficientFunds, Ledger
 from storage.payments import PaymentRecord, PaymentStore, PromoRefused
@@ -190,12 +192,13 @@ class PaymentsService:
         if not new:
             return
         log.error("payment %s for an unknown order recorded as an orphan", charge_id)
+        values = {"charge": charge_id, "user": user_id, "amount": amount, "currency": currency}
         notice = self.text("admin_orphan_payment", "ru").format(
-            charge=charge_id, user=user_id, amount=amount, currency=currency
+            **{k: html.escape(str(v)) for k, v in values.items()}
         )
         for admin in sorted(self.settings.admin_ids):
             try:
-                await self.bot.send_message(admin, notice, parse_mode=None)
+                await self.bot.send_message(admin, notice)
             except TelegramAPIError as exc:
                 log.warning("admin %s not told of orphan payment: %s", admin, exc)
 
