@@ -11,8 +11,13 @@ more often than coverage needs.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 
-from engine.graph import Edge, FlowGraph
+from engine.graph import INPUT, MAIN, OPTION, Edge, FlowGraph
+from engine.registry import Context, Registry
+from engine.spec import FlowSpec, Options
+
+Labels = Mapping[tuple[str, str], str]
 
 Path = tuple[Edge, ...]
 
@@ -45,6 +50,52 @@ def covering_paths(graph: FlowGraph) -> list[Path]:
         if not any(other[: len(path)] == path for other in kept):
             kept.append(path)
     return sorted(kept, key=lambda p: (len(p), format_path(p)))
+
+
+async def tap_labels(
+    path: Path, spec: FlowSpec, registry: Registry, locale: str, labels: Labels
+) -> list[str]:
+    """What a person taps and types along `path`, from its entry: button texts, the
+    first choice an options list offers then (its provider asked with the values the
+    path has set so far), an input's example."""
+    first = path[0].source
+    steps = [labels.get((spec.root, MAIN), first) if first == spec.root else f"‹{first}›"]
+    data: dict[str, object] = {}
+    for edge in path:
+        st = spec.states[edge.source]
+        label = labels.get((edge.source, edge.trigger), edge.trigger)
+        if edge.trigger == OPTION and st.options is not None:
+            chosen = await _first_option(st.options, registry, edge.source, locale, data)
+            if chosen is not None:
+                label, data[st.options.store] = chosen
+        elif edge.trigger == INPUT and st.input is not None and st.input.example is not None:
+            label = f"“{st.input.example}”"
+            data[st.input.store] = st.input.example
+        elif edge.trigger.startswith("button:"):
+            button_id = edge.trigger.split(":", 1)[1]
+            button = next(b for row in st.buttons for b in row if b.id == button_id)
+            data.update(button.set)
+        steps.append(label)
+    return steps
+
+
+async def _first_option(
+    options: Options, registry: Registry, state: str, locale: str, data: dict[str, object]
+) -> tuple[str, str] | None:
+    provider = registry.options_providers.get(options.provider)
+    if provider is None:
+        return None
+    ctx = Context(bot=None, user_id=0, chat_id=0, locale=locale, state=state, data=dict(data))  # type: ignore[arg-type]
+    ctx.args = options.args
+    try:
+        found = await provider(ctx)
+    except Exception:  # a provider that needs the database or a user: keep the name
+        return None
+    if not found:
+        return None
+    label = found[0].label
+    text = label if isinstance(label, str) else label.get(locale) or next(iter(label.values()))
+    return text, found[0].value
 
 
 def format_path(path: Path) -> str:

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from engine import callback_data
-from engine.diagram import dot, mermaid
+from engine.diagram import dot, edge_labels, mermaid
 from engine.graph import BACK, MAIN, FlowGraph
 from engine.loader import load_flow
 from engine.paths import covering_paths, format_path, shortest_paths
+from pricing.catalog import load_catalog
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOW = load_flow(ROOT / "flows.yaml")
 GRAPH = FlowGraph(FLOW.spec)
+CATALOG = load_catalog()
 
 
 @given(
@@ -92,3 +96,40 @@ def test_diagrams_name_every_state() -> None:
             assert state in text
     assert "models --> model: option" in mermaid(GRAPH)
     assert '"help" -> "main" [label="back" style="dashed"];' in dot(GRAPH)
+
+
+def test_diagrams_label_edges_with_what_a_person_taps() -> None:
+    """In the chosen locale; pushed states are entries, so their edges hang from one."""
+    en = edge_labels(FLOW.spec, "en")
+    drawn = mermaid(GRAPH, labels=en)
+    assert "main --> models: 🖼 Text → image" in drawn
+    assert "models --> model: ‹models_by_kind›" in drawn
+    assert "[*] --> job_result" in drawn and "job_result --> confirm: 🔁 Again" in drawn
+    assert "help --> main: « Back" in drawn
+    ru = dot(GRAPH, labels=edge_labels(FLOW.spec, "ru"))
+    assert '"help" -> "main" [label="« Назад" style="dashed"];' in ru
+    assert '"job_result" [shape=circle];' in ru
+
+
+def test_paths_as_text_are_the_taps_a_person_makes() -> None:
+    found = subprocess.run(
+        [sys.executable, "-m", "trt.cli", "flows", "paths", "--format", "text", "--locale", "en"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    ).stdout.splitlines()
+    states = subprocess.run(
+        [sys.executable, "-m", "trt.cli", "flows", "paths"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    ).stdout.splitlines()
+    assert len(found) == len(states) == len(covering_paths(GRAPH))
+    assert "≡ Main menu → 🖼 Text → image" in found
+    # The model is the first the menu offers then (its provider asked with the kind set).
+    model = CATALOG.by_kind("free")[0].title["en"]
+    start = f"≡ Main menu → 🆓 Free models → {model} → ▶️ Start"
+    assert any(line.startswith(start + " → “") for line in found)
+    assert "‹job_result› → 🔁 Again" in found

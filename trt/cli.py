@@ -6,16 +6,17 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from engine.checker import check_flow, load_checked
-from engine.diagram import dot, mermaid
+from engine.diagram import dot, edge_labels, mermaid
 from engine.graph import FlowGraph
 from engine.loader import FlowError, LoadedFlow, load_flow
-from engine.paths import covering_paths, format_path
+from engine.paths import covering_paths, format_path, tap_labels
 from pricing.catalog import DEFAULT_PATH as DEFAULT_PRICING
 from trt.observability.logs import configure_logging, logging_restored
 from trt.settings import Settings, describe, read_all, secret_values
@@ -82,16 +83,29 @@ def flows_graph(args: argparse.Namespace) -> int:
         return 1
     graph = FlowGraph(flow.spec)
     draw = dot if args.format == "dot" else mermaid
-    print(draw(graph, with_main=args.with_main), end="")
+    labels = edge_labels(flow.spec, args.locale or flow.spec.default_locale)
+    print(draw(graph, with_main=args.with_main, labels=labels), end="")
     return 0
 
 
 def flows_paths(args: argparse.Namespace) -> int:
+    from flows.registry import build_registry
+
     flow = _load(args.file)
     if flow is None:
         return 1
-    for path in covering_paths(FlowGraph(flow.spec)):
-        print(format_path(path))
+    paths = covering_paths(FlowGraph(flow.spec))
+    if args.format == "states":
+        for path in paths:
+            print(format_path(path))
+        return 0
+    locale = args.locale or flow.spec.default_locale
+    labels, registry = edge_labels(flow.spec, locale), build_registry()
+
+    async def texts() -> list[str]:
+        return [" → ".join(await tap_labels(p, flow.spec, registry, locale, labels)) for p in paths]
+
+    print("\n".join(asyncio.run(texts())))
     return 0
 
 
@@ -172,9 +186,17 @@ def parser() -> argparse.ArgumentParser:
     graph.add_argument("file", nargs="?", type=Path, default=default_flows)
     graph.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
     graph.add_argument("--with-main", action="store_true", help="draw Main menu edges too")
+    graph.add_argument("--locale", help="label edges in this locale (default: the first)")
     graph.set_defaults(func=flows_graph)
     paths = flows.add_parser("paths", help="print a covering set of paths, shortest first")
     paths.add_argument("file", nargs="?", type=Path, default=default_flows)
+    paths.add_argument(
+        "--format",
+        choices=["states", "text"],
+        default="states",
+        help="states: state -[trigger]-> state; text: the taps a person makes",
+    )
+    paths.add_argument("--locale", help="for --format text (default: the first)")
     paths.set_defaults(func=flows_paths)
 
     jobs = sub.add_parser("jobs", help="the generation job lifecycle").add_subparsers(
@@ -254,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         try:
             result: int = args.func(args)
+        except BrokenPipeError:  # `trt flows paths | head`: the reader had enough
+            sys.stdout = open(os.devnull, "w")  # no flush error at exit
+            return 0
         except Exception:  # its traceback as one redacted record, not raw on stderr
             log.exception("trt %s failed", args.command)
             return 1
