@@ -28,6 +28,7 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python -m bench.engine_bench
 	$(BIN)/python -m bench.ledger_bench
+	$(BIN)/python -m bench.flows_check_bench
 
 # Needs PostgreSQL (TEST_DATABASE_URL, default postgres@127.0.0.1:5432/test) and pgbench;
 # see `python -m bench.ledger_bench --help` for --quick and --no-postgres.

@@ -7,6 +7,7 @@ size), so that `trt flows check` in CI rejects a broken file before deploy.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -224,19 +225,25 @@ class _Checker:
     def placeholder_names(self, state: str) -> set[str]:
         """Names a state's text may use: its data providers' keys and every stored value."""
         spec = self.spec
-        names: set[str] = set()
+        names = set(self.stored)
         names.update(spec.states[state].pushed or ())
         for provider in spec.states[state].data:
             declared = spec.providers.get(provider)
             if declared is not None:
                 names.update(declared.provides)
-        for st in spec.states.values():
+        return names
+
+    @functools.cached_property
+    def stored(self) -> frozenset[str]:
+        """Names any state stores into the conversation (inputs, options, buttons' `set`)."""
+        names: set[str] = set()
+        for st in self.spec.states.values():
             names.update(key for row in st.buttons for button in row for key in button.set)
             if st.input is not None:
                 names.add(st.input.store)
             if st.options is not None:
                 names.add(st.options.store)
-        return names
+        return frozenset(names)
 
     def action_ref(self, loc: Loc, name: str) -> None:
         if name not in self.spec.actions:

@@ -21,13 +21,17 @@ def build_registry(
     catalog: Catalog | CatalogSource | None = None,
     services: Services | None = None,
     image_url: Callable[[str], str] | None = None,
+    *,
+    eager_prices: bool = True,
 ) -> Registry:
     """`services` may be None where no database is wanted (`trt flows check`, the engine
     benchmark): everything is registered, and what needs money or jobs fails if used.
     `catalog` None reads pricing/KIE_PRICING_RUB.json and rereads it when it changes, so
-    editors' price changes apply without a restart; a fixed Catalog is for tests."""
+    editors' price changes apply without a restart; a fixed Catalog is for tests.
+    `eager_prices` False leaves the price file unread until a menu needs it (the flows
+    check, which only reads names)."""
     registry = Registry()
-    current = catalog_provider(catalog)
+    current = catalog_provider(catalog, eager=eager_prices)
     register_catalog_menus(registry, current)
     need = _need(services)
     register_account_screens(registry, need)

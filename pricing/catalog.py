@@ -33,7 +33,6 @@ from typing import Any, Literal
 
 from pricing.calculator import DEFAULT_WEIGHT, Dimension, NoPrice, PriceTable, Quote, Variant
 from pricing.money import format_rub, rub_to_kopecks
-from pricing.schema import schema_problems
 
 __all__ = [
     "DEFAULT_PATH",
@@ -245,6 +244,8 @@ def load_catalog(path: Path = DEFAULT_PATH) -> Catalog:
 
 def parse_catalog(raw: Any) -> tuple[Catalog | None, list[str]]:
     """The catalog and every problem of the document; no catalog if the schema fails."""
+    from pricing.schema import schema_problems  # jsonschema: only when a file is read
+
     problems = schema_problems(raw)
     if problems:
         return None, problems

@@ -64,15 +64,19 @@ class CatalogSource:
         self._catalog = catalog
 
 
-def catalog_provider(catalog: Catalog | CatalogSource | None = None) -> CatalogProvider:
+def catalog_provider(
+    catalog: Catalog | CatalogSource | None = None, *, eager: bool = True
+) -> CatalogProvider:
     """A function giving the catalog to use now: a fixed one (tests), or the file's latest.
 
     The default reads `pricing/KIE_PRICING_RUB.json`, once now so a broken file fails at
-    start-up, then again whenever it changes.
+    start-up (unless not `eager`: a flows check that only reads names), then again
+    whenever it changes.
     """
     if isinstance(catalog, Catalog):
         fixed = catalog
         return lambda: fixed
     source = catalog or CatalogSource()
-    source.current()
+    if eager:
+        source.current()
     return source.current

@@ -29,7 +29,7 @@ from storage import conversation_store
 from storage.conversation_store import SqlStateStore, with_retries
 from storage.db import create_engine, pool_usage, session_factory
 from storage.models import ConversationState
-from storage.settings import DatabaseSettings
+from storage.settings import DEFAULT_DATABASE_URL, DatabaseSettings, parse_database_url
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -333,6 +333,13 @@ def test_database_url_errors_hide_the_password(monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(ValidationError) as caught:
         DatabaseSettings()
     assert "hunter2" not in str(caught.value)
+
+
+def test_the_default_database_url_is_valid() -> None:
+    """The settings skip checking their default (it would import SQLAlchemy into every
+    `trt` command); so it is checked here."""
+    url = parse_database_url(DEFAULT_DATABASE_URL)
+    assert url.drivername == "sqlite+aiosqlite" and url.database == "./data/bot.db"
 
 
 def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import logging
 import os
@@ -17,7 +16,6 @@ from engine.diagram import dot, edge_labels, mermaid
 from engine.graph import FlowGraph
 from engine.loader import FlowError, LoadedFlow, load_flow
 from engine.paths import covering_paths, format_path, tap_labels
-from pricing.catalog import DEFAULT_PATH as DEFAULT_PRICING
 from trt.observability.logs import configure_logging, logging_restored
 from trt.settings import Settings, describe, read_all, secret_values
 
@@ -30,7 +28,7 @@ def _load(path: Path) -> LoadedFlow | None:
     from flows.registry import build_registry
 
     try:
-        return load_checked(path, build_registry())
+        return load_checked(path, build_registry(eager_prices=False))
     except FlowError as exc:
         _print_problems(exc)
         return None
@@ -58,7 +56,7 @@ def flows_check(args: argparse.Namespace) -> int:
     except FlowError as exc:
         _print_problems(exc)
         return 1
-    report = check_flow(flow, build_registry())
+    report = check_flow(flow, build_registry(eager_prices=False))
     for problem in report.problems:
         print(problem, file=sys.stderr)
     if report.unimplemented_actions:
@@ -105,6 +103,8 @@ def flows_paths(args: argparse.Namespace) -> int:
     async def texts() -> list[str]:
         return [" → ".join(await tap_labels(p, flow.spec, registry, locale, labels)) for p in paths]
 
+    import asyncio
+
     print("\n".join(asyncio.run(texts())))
     return 0
 
@@ -117,8 +117,10 @@ def jobs_graph(args: argparse.Namespace) -> int:
 
 
 def pricing_check(args: argparse.Namespace) -> int:
+    from pricing.catalog import DEFAULT_PATH
     from pricing.check import check_file
 
+    args.file = args.file or DEFAULT_PATH
     report = check_file(args.file, args.flows)
     for line in report.notes + report.fallbacks:
         print(f"{args.file}: {line}")
@@ -147,6 +149,8 @@ def run(_: argparse.Namespace) -> int:
     settings = Settings()
     if (code := refused("run", settings.flows_path)) is not None:
         return code
+    import asyncio
+
     return asyncio.run(run_bot(settings))
 
 
@@ -156,6 +160,12 @@ def serve(_: argparse.Namespace) -> int:
     if (code := refused("serve", Settings().flows_path)) is not None:
         return code
     return serve_main()
+
+
+def _say_bad(settings: object, command: str = "trt") -> None:
+    """Each bad setting on a line of its own, named by its variable."""
+    for line in str(settings).splitlines():
+        print(f"{command}: {line}", file=sys.stderr)
 
 
 SERVE_HELP = """\
@@ -219,7 +229,9 @@ def parser() -> argparse.ArgumentParser:
         " and check that every parameter combination of every model a flows.yaml menu reaches"
         " has a price, exactly or by the nearest-variant fallback (each fallback is listed).",
     )
-    pcheck.add_argument("file", nargs="?", type=Path, default=DEFAULT_PRICING)
+    pcheck.add_argument(
+        "file", nargs="?", type=Path, default=None, help="default: pricing/KIE_PRICING_RUB.json"
+    )
     pcheck.add_argument("--flows", type=Path, default=default_flows, help="default: %(default)s")
     pcheck.set_defaults(func=pricing_check)
 
@@ -257,15 +269,15 @@ def main(argv: list[str] | None = None) -> int:
         try:
             read_all()
         except ValueError as every:
-            print(f"trt: {every}", file=sys.stderr)
+            _say_bad(every)
         else:
-            print(f"trt: {describe(exc)}", file=sys.stderr)
+            _say_bad(describe(exc))
         return 2
     args = top.parse_args(argv)
     try:
         read = read_all()
     except ValueError as exc:
-        print(f"trt: {exc}", file=sys.stderr)
+        _say_bad(exc)
         return 2
     settings = next(item for item in read if isinstance(item, Settings))
     with logging_restored() if argv is not None else contextlib.nullcontext():

@@ -202,7 +202,8 @@ def main() -> int:
     try:
         every = read_all()
     except ValueError as exc:
-        print(f"trt serve: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():
+            print(f"trt serve: {line}", file=sys.stderr)
         return 2
     settings = next(item for item in every if isinstance(item, Settings))
     configure_logging(

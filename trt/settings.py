@@ -15,7 +15,6 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -77,8 +76,9 @@ def describe(error: ValidationError) -> str:
     lines = []
     for problem in error.errors():
         name = ".".join(str(part) for part in problem["loc"]) or error.title
-        lines.append(f"  {name}: {problem['msg']}")
-    return f"bad settings ({error.title}):\n" + "\n".join(lines)
+        message = str(problem["msg"]).removeprefix("Value error, ")
+        lines.append(message if message.startswith(name) else f"{name}: {message}")
+    return "\n".join(lines)
 
 
 PACKAGES = ("engine", "flows", "storage", "pricing", "kie", "trt")
@@ -143,7 +143,9 @@ def secret_values(settings: list[BaseSettings]) -> list[str]:
                 found.append(value)
                 if name == "bot_token":
                     found.append(value.partition(":")[2])
-            elif isinstance(value, str) and name == "database_url":
+            elif isinstance(value, str) and name == "database_url" and "@" in value:
+                from sqlalchemy.engine import make_url  # only where a URL is read
+
                 password = make_url(value).password
                 if password:
                     found.append(str(password))
