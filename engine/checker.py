@@ -71,6 +71,7 @@ class _Checker:
             self.at(("root",), f"root state {spec.root!r} is not defined")
             return
         self.check_texts()
+        self.check_commands()
         self.check_states()
         self.check_declarations()
         self.check_graph()
@@ -100,6 +101,14 @@ class _Checker:
             self.text(("system", name), value)
         for name, value in self.spec.texts.items():
             self.text(("texts", name), value)
+
+    def check_commands(self) -> None:
+        for command, state in self.spec.commands.items():
+            if command == "start":
+                self.at(("commands", "start"), "/start always opens the root state", key=True)
+            elif state not in self.spec.states:
+                hint = self.state_hint(state)
+                self.at(("commands", command), f"unknown state {state!r}{hint}")
 
     def check_states(self) -> None:
         spec = self.spec
@@ -289,10 +298,10 @@ class _Checker:
     def check_graph(self) -> None:
         spec = self.spec
         graph = FlowGraph(spec)
-        reachable = graph.reachable_from(spec.root)
-        for name, st in spec.states.items():
-            if st.pushed is not None:
-                reachable |= graph.reachable_from(name)
+        reachable: set[str] = set()
+        for entry in graph.entries:
+            if entry in spec.states:
+                reachable |= graph.reachable_from(entry)
         for name in spec.states:
             if name not in reachable:
                 self.at(

@@ -73,6 +73,8 @@ class FlowGraph:
         self.states = list(spec.states)
         # Where conversations begin: the root, and the states the product pushes.
         self.entries = [spec.root] + [n for n, st in spec.states.items() if st.pushed is not None]
+        # A command opens its screen from anywhere: that screen is an entry too.
+        self.entries += [s for s in spec.commands.values() if s not in self.entries]
         known = set(self.states)
         edges = [e for e in declared_edges(spec) if e.dest in known]
         self.machine = Machine(

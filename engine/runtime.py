@@ -259,17 +259,25 @@ class FlowEngine:
 
     async def start(self, where: Where) -> None:
         """Reset to the root whatever happened before; a new message, old ones go stale."""
-        locale = self.locale_of(where.user)
+        await self.open(where, self.spec.root, fresh=True)
+
+    async def command(self, where: Where, name: str) -> None:
+        """A command flows.yaml declares (`/help`): its screen as a new message, the
+        conversation's data kept, older screens stale as after any move."""
+        await self.open(where, self.spec.commands[name], fresh=False)
+
+    async def open(self, where: Where, state: str, *, fresh: bool) -> None:
+        """`fresh`: forget the data and read the user's language again (/start)."""
         for _ in range(_CAS_ATTEMPTS):
             snap = await self.store.load(where.key)
             marks = Marks.of(snap).moved() if snap else Marks()
-            fresh = Snapshot(
-                self.spec.root, (snap.counter + 1) if snap else 1, locale, marks.apply({})
-            )
-            if await self.store.save(where.key, fresh, snap.counter if snap else None):
-                await self.send(where, fresh)
+            data = product_data(snap.data) if snap and not fresh else {}
+            locale = snap.locale if snap and not fresh else self.locale_of(where.user)
+            moved = Snapshot(state, (snap.counter + 1) if snap else 1, locale, marks.apply(data))
+            if await self.store.save(where.key, moved, snap.counter if snap else None):
+                await self.send(where, moved)
                 return
-        raise RuntimeError(f"conversation {where.key} is changing too fast to restart")
+        raise RuntimeError(f"conversation {where.key} is changing too fast to open {state}")
 
     # ---- from outside an update ---------------------------------------------
 

@@ -127,6 +127,9 @@ class FlowSpec(_Strict):
     providers: dict[Identifier, Declared] = Field(default_factory=dict)
     # Texts the product's actions show (notices, errors); kept here, not in Python.
     texts: dict[Identifier, LocalizedText] = Field(default_factory=dict)
+    # Chat commands besides /start and the screen each opens: `help: help` makes /help
+    # show the help state as a new message.
+    commands: dict[Identifier, Identifier] = Field(default_factory=dict)
     states: dict[Identifier, State] = Field(min_length=1)
 
     @property

@@ -24,7 +24,7 @@ from typing import Any
 
 from aiogram import BaseMiddleware, Bot, Dispatcher, Router
 from aiogram.exceptions import TelegramAPIError, TelegramBadRequest, TelegramForbiddenError
-from aiogram.filters import CommandStart
+from aiogram.filters import Command, CommandObject, CommandStart
 from aiogram.types import CallbackQuery, Message, TelegramObject, User
 
 from engine.runtime import FlowEngine, RetryLater, Where
@@ -163,6 +163,14 @@ def build_router(engine: FlowEngine) -> Router:
     async def on_start(message: Message, bot: Bot) -> None:
         if message.from_user is not None:
             await engine.start(Where(bot, message.chat.id, message.from_user))
+
+    if engine.spec.commands:
+
+        @router.message(Command(*engine.spec.commands))
+        async def on_command(message: Message, bot: Bot, command: CommandObject) -> None:
+            if message.from_user is not None:
+                where = Where(bot, message.chat.id, message.from_user)
+                await engine.command(where, command.command.lower())
 
     @router.callback_query()
     async def on_tap(query: CallbackQuery, bot: Bot, answer: AnswerOnce) -> None:

@@ -59,9 +59,9 @@ def test_paths_cover_every_state_and_transition() -> None:
     covered_states = set(GRAPH.entries) | {edge.dest for edge in covered_edges}
     assert covered_states == set(FLOW.spec.states)
     # Shortest first, every path starts at an entry (the root unless the state is
-    # pushed), no path is a prefix of another.
+    # pushed or a command opens it), no path is a prefix of another.
     assert [len(p) for p in paths] == sorted(len(p) for p in paths)
-    assert GRAPH.entries == ["main", "job_result", "job_failed", "balance"]
+    assert GRAPH.entries == ["main", "job_result", "job_failed", "balance", "help"]
     assert all(p[0].source in GRAPH.entries for p in paths)
     assert {p[0].source for p in paths if p[0].source != GRAPH.root} == {
         "job_result",

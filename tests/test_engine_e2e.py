@@ -324,3 +324,20 @@ async def test_an_input_whose_next_screen_is_refused_stays_on_the_input(stack: S
     assert re.match(r"Что-то пошло не так \(код [0-9a-f]{6}\)", chat.screen().text)
     await chat.send("a red fox in the snow")  # typed again: now it goes on
     assert chat.screen().text.startswith("Проверьте заказ")
+
+
+async def test_help_is_a_command_that_opens_its_screen_from_anywhere(stack: Stack) -> None:
+    """`commands: {help: help}` in flows.yaml: /help shows the help screen as a new
+    message; its Back goes where the help state's parent says, older screens go stale."""
+    chat = stack.chat(25)
+    await chat.send("/start")
+    await chat.tap("💰 Баланс")
+    old = chat.screen()
+    await chat.send("/help")
+    assert await state_of(chat) == "help"
+    assert chat.screen().message_id != old.message_id
+    assert chat.screen().text.startswith("Помощь")
+    calls, _ = await chat.tap_data(old.data_of("« Назад"), message_id=old.message_id)
+    assert answer_text(calls) == RU.system.stale["ru"]
+    await chat.tap("« Назад")
+    assert await state_of(chat) == "main"

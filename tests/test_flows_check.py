@@ -93,7 +93,7 @@ def test_an_unclosed_quote_points_at_the_line_that_opened_it() -> None:
 
 
 def test_a_mis_indented_key_says_what_it_belongs_under() -> None:
-    help_state = index_of("  help:")
+    help_state = SOURCE.splitlines().index("  help:")
     mutated = with_line(help_state + 2, "   text:")
     assert problems(mutated) == [
         f"f.yaml:{help_state + 3}:4: 'text' is out of place: as a key of 'help' "
@@ -366,3 +366,13 @@ def test_commands_refuse_a_file_that_fails_the_check(
     assert result.returncode == 1, result.stderr
     assert f"{path}:{line}:" in result.stderr and "unknown state 'histroy'" in result.stderr
     assert result.stdout == ""
+
+
+def test_commands_name_existing_screens_and_never_start() -> None:
+    assert SOURCE.count("commands:\n  help: help\n") == 1
+    typo = SOURCE.replace("commands:\n  help: help\n", "commands:\n  help: hlep\n")
+    line = line_of(typo, "  help: hlep")
+    assert problems(typo) == [f"f.yaml:{line}:9: unknown state 'hlep' (did you mean 'help'?)"]
+    start = SOURCE.replace("commands:\n  help: help\n", "commands:\n  start: help\n")
+    line = line_of(start, "  start: help")
+    assert problems(start) == [f"f.yaml:{line}:3: /start always opens the root state"]

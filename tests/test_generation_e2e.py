@@ -261,6 +261,12 @@ async def test_insufficient_balance_offers_a_top_up_and_holds_nothing(stack: Sta
     assert [tuple(row) for row in states] == [("rejected",)]
     assert stack.kie.tasks == {}
     assert await available(stack, 9) == 0
+    # Top up opens the packages, and Back from there returns to the order.
+    await chat.tap("💳 Пополнить")
+    assert chat.screen().text == RU.states["order_topup"].text["ru"]
+    assert "150 ₽ за 100 ⭐" in [label for label, _ in chat.screen().flat()]
+    await chat.tap("« Назад")
+    assert chat.screen().text.startswith("Проверьте заказ")
 
 
 async def test_kie_failure_releases_the_hold_and_says_so(stack: Stack) -> None:
