@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from engine.registry import Context, Option, Outcome, Registry
+from flows.job_words import status_key
 from pricing.money import rub
 
 if TYPE_CHECKING:  # at run time only the services need them: `trt flows check` stays light
@@ -20,11 +21,6 @@ if TYPE_CHECKING:  # at run time only the services need them: `trt flows check` 
 HISTORY_LINES = 10
 MOVEMENTS = 5
 _REASONS = ("topup", "generation", "refund", "welcome", "referral", "promo", "admin")
-_STATUS = {
-    "charged": "job_status_done",
-    "lost": "job_status_done",
-    "released": "job_status_failed",
-}
 
 
 def _title(job: JobRecord) -> str:
@@ -36,13 +32,13 @@ def _movement(ctx: Context, line: StatementLine) -> str:
     sign = "+" if line.posted > 0 else "−"
     words = ctx.text(f"mv_{line.reason}") if line.reason in _REASONS else line.reason
     note = f" ({line.note})" if line.note and line.reason == "generation" else ""
-    return f"• {line.at.strftime('%d.%m')} {sign}{rub(abs(line.posted))} {words}{note}"
+    return f"• {line.at.strftime('%d.%m')} {sign}{rub(abs(line.posted), ctx.locale)} {words}{note}"
 
 
 def _history_line(ctx: Context, job: JobRecord) -> str:
     when = job.created_at.strftime("%d.%m %H:%M")
-    price = ctx.text("price_free") if job.price == 0 else rub(job.price)
-    status = ctx.text(_STATUS.get(job.state, "job_status_running"))
+    price = ctx.text("price_free") if job.price == 0 else rub(job.price, ctx.locale)
+    status = ctx.text(status_key(job.state))
     return f"• {when} — {_title(job)}, {price}, {status}"
 
 
@@ -52,13 +48,17 @@ def register_account_screens(registry: Registry, services: Callable[[], Services
         ledger = services().ledger
         account = await services().existing_account(ctx.user_id)
         if account is None:
-            return {"balance": rub(0), "on_hold": rub(0), "movements": ctx.text("movements_empty")}
+            return {
+                "balance": rub(0, ctx.locale),
+                "on_hold": rub(0, ctx.locale),
+                "movements": ctx.text("movements_empty"),
+            }
         balance = await ledger.balance(account)
         lines = [x for x in await ledger.statement(account, limit=20) if x.posted][:MOVEMENTS]
         movements = "\n".join(_movement(ctx, line) for line in lines)
         return {
-            "balance": rub(balance.available),
-            "on_hold": rub(balance.pending),
+            "balance": rub(balance.available, ctx.locale),
+            "on_hold": rub(balance.pending, ctx.locale),
             "movements": movements or ctx.text("movements_empty"),
         }
 

@@ -27,6 +27,7 @@ from aiogram.filters import Command, CommandObject
 from aiogram.types import Message
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from flows.job_words import status_key
 from flows.payments.service import PaymentsService
 from flows.services import Services
 from pricing.catalog import rub_to_kopecks
@@ -110,6 +111,10 @@ def arguments(command: CommandObject, count: int, usage: str) -> list[str]:
     return parts
 
 
+# Admin replies are in Russian, the operators' language.
+REPLY_LOCALE = "ru"
+
+
 class AdminCommands:
     """The commands' logic, one small method each; the router only dispatches."""
 
@@ -120,16 +125,27 @@ class AdminCommands:
 
     def say(self, key: str, **values: Any) -> str:
         """A reply in Telegram HTML, as every text of flows.yaml: values are escaped."""
-        return self.text(key, "ru").format(**{k: escape(str(v)) for k, v in values.items()})
+        return self.text(key, REPLY_LOCALE).format(**{k: escape(str(v)) for k, v in values.items()})
+
+    def refusal_words(self, exc: LedgerError) -> str:
+        """The ledger's refusal in the reply's language where flows.yaml has words for it
+        (`ledger_insufficient_funds`), else its code."""
+        key = f"ledger_{exc.code}"
+        words = self.text(key, REPLY_LOCALE)
+        return exc.code if words == key else words
 
     async def stats(self, _command: CommandObject, _key: str) -> str:
         s = await self.payments.store.stats()
-        jobs = ", ".join(f"{k}: {v}" for k, v in sorted(s["jobs"].items())) or "-"
+        counts: dict[str, int] = {}
+        for state, count in s["jobs"].items():
+            word = self.text(status_key(state), REPLY_LOCALE)
+            counts[word] = counts.get(word, 0) + count
+        jobs = ", ".join(f"{word}: {n}" for word, n in sorted(counts.items())) or "—"
         return self.say(
             "admin_stats",
             users=s["users"],
             payments=s["payments"],
-            credited=rub(s["credited"]),
+            credited=rub(s["credited"], REPLY_LOCALE),
             jobs=jobs,
         )
 
@@ -147,9 +163,12 @@ class AdminCommands:
         return self.say(
             "admin_user",
             user=user_id,
-            available=rub(balance.available),
-            on_hold=rub(balance.pending),
-            jobs=", ".join(f"{j.model_id}:{j.state}" for j in jobs) or "-",
+            available=rub(balance.available, REPLY_LOCALE),
+            on_hold=rub(balance.pending, REPLY_LOCALE),
+            jobs=", ".join(
+                f"{j.model_id}: {self.text(status_key(j.state), REPLY_LOCALE)}" for j in jobs
+            )
+            or "—",
         )
 
     async def adjust(self, command: CommandObject, key: str, audit: dict[str, Any]) -> str:
@@ -162,7 +181,7 @@ class AdminCommands:
             result = (
                 self.say("admin_refused", reason=outcome.error.message)
                 if isinstance(outcome, Refusal)
-                else f"{command.command} {rub(amount)} -> {user_id} ({outcome.id})"
+                else f"{command.command} {rub(amount, REPLY_LOCALE)} -> {user_id} ({outcome.id})"
             )
             await write_audit(conn, {**audit, "result": result[:500]})
 
@@ -171,18 +190,30 @@ class AdminCommands:
         try:
             if command.command == "credit":
                 await ledger.credit(
-                    key, account, amount, source="adjustments", reason="admin", note=note,
+                    key,
+                    account,
+                    amount,
+                    source="adjustments",
+                    reason="admin",
+                    note=note,
                     also=audited,
                 )
             else:
                 await ledger.debit(
-                    key, account, amount, destination="adjustments", reason="admin", note=note,
+                    key,
+                    account,
+                    amount,
+                    destination="adjustments",
+                    reason="admin",
+                    note=note,
                     also=audited,
                 )
         except LedgerError as exc:
-            return self.say("admin_refused", reason=exc.message)
+            return self.say("admin_refused", reason=self.refusal_words(exc))
         balance = await ledger.balance(account)
-        return self.say("admin_adjusted", user=user_id, available=rub(balance.available))
+        return self.say(
+            "admin_adjusted", user=user_id, available=rub(balance.available, REPLY_LOCALE)
+        )
 
     async def refund(self, command: CommandObject, key: str) -> str:
         (charge_id,) = arguments(command, 1, "admin_usage_refund")

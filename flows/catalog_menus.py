@@ -12,7 +12,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from engine.registry import Context, Option, Outcome, Registry
-from pricing.catalog import Model, Param, format_rub
+from pricing.catalog import Model, Param
+from pricing.money import rub
 from pricing.source import CatalogProvider
 
 
@@ -37,7 +38,7 @@ def _local(text: Mapping[str, str] | str, locale: str) -> str:
 def _price_text(ctx: Context, model: Model) -> str:
     if model.free:
         return ctx.text("price_free")
-    return f"{format_rub(model.price_kopecks(_params(ctx)))} ₽"
+    return rub(model.price_kopecks(_params(ctx)), ctx.locale)
 
 
 def _value(ctx: Context, param: Param, choice: str) -> str:

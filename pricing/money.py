@@ -29,13 +29,18 @@ def rub_to_kopecks(rub: str) -> int:
     return to_kopecks(Decimal(rub))
 
 
-def rub(kopecks: int) -> str:
-    """An amount for a screen, with the sign: `1886` -> `"18.86 ₽"`."""
-    return f"{format_rub(kopecks)} ₽"
+# Locales that write a decimal comma (15,71 ₽); the others a point (15.71 ₽).
+_DECIMAL_COMMA = frozenset({"ru", "uk", "be", "kk", "de", "fr", "es", "it", "pt"})
 
 
-def format_rub(kopecks: int) -> str:
-    """`1886` -> `"18.86"`, `1100` -> `"11"`: rubles for a screen, without the sign."""
+def rub(kopecks: int, locale: str) -> str:
+    """An amount for a screen in `locale`, with the sign: `1886` -> `"18,86 ₽"` (ru)."""
+    return f"{format_rub(kopecks, locale)} ₽"
+
+
+def format_rub(kopecks: int, locale: str = "en") -> str:
+    """`1886` -> `"18.86"` (`"18,86"` in Russian), `1100` -> `"11"`: without the sign."""
     sign = "-" if kopecks < 0 else ""
     rub, kop = divmod(abs(kopecks), 100)
-    return f"{sign}{rub}" if kop == 0 else f"{sign}{rub}.{kop:02d}"
+    point = "," if locale in _DECIMAL_COMMA else "."
+    return f"{sign}{rub}" if kop == 0 else f"{sign}{rub}{point}{kop:02d}"

@@ -238,7 +238,7 @@ async def test_parameter_choice_is_stored_and_priced(stack: Stack) -> None:
     assert answer_text(calls) == RU.texts["param_saved"]["ru"]
     assert "Разрешение: 2K" in [t for t, _ in chat.screen().flat()]
     await chat.tap(RU.system.back["ru"])
-    assert "Цена: 18.86 ₽" in chat.screen().text
+    assert "Цена: 18,86 ₽" in chat.screen().text
 
 
 async def test_back_and_main_menu(stack: Stack) -> None:

@@ -5,7 +5,9 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -333,14 +335,34 @@ async def test_admin_commands_and_audit(stack: Stack) -> None:
     assert (await admin(stack, "/stats")).startswith("Пользователи:")
     await stack.chat(50).send("/start")
     assert "Доступно: 0 ₽" in await admin(stack, "/user 50")
-    assert "Баланс 50: 12.50 ₽" in await admin(stack, "/credit 50 12.50 goodwill")
-    assert "Баланс 50: 2.50 ₽" in await admin(stack, "/debit 50 10 correction")
+    assert "Баланс 50: 12,50 ₽" in await admin(stack, "/credit 50 12.50 goodwill")
+    assert "Баланс 50: 2,50 ₽" in await admin(stack, "/debit 50 10 correction")
     refused = await admin(stack, "/debit 50 100 too much")
-    assert refused.startswith("Отклонено")
+    assert refused == "Отклонено: на балансе недостаточно средств"
     assert await admin(stack, "/credit 50") == t("admin_usage_credit")
     async with stack.product.services.db.connect() as conn:
         rows = (await conn.execute(text("SELECT command FROM admin_audit ORDER BY id"))).all()
     assert [r[0] for r in rows] == ["stats", "user", "credit", "debit", "debit", "credit"]
+
+
+async def test_admin_replies_in_russian_say_no_english_words(stack: Stack) -> None:
+    """Job states in the reply's words, amounts with a decimal comma; only ids stay."""
+    await stack.chat(51).send("/start")
+    jobs = stack.product.services.jobs
+    for n, final in enumerate(["rejected", None]):
+        job, _ = await jobs.create(
+            id=f"job{n}", key=f"k{n}", user_id=51, chat_id=51, locale="ru",
+            model_id="z-image", kie_model="z-image", kind="free", request={}, price=0,
+            callback_secret="s", deadline_at=datetime.now(UTC), hold_id=None,
+        )  # fmt: skip
+        if final:
+            await jobs.move(job.id, ["created"], final)
+    await admin(stack, "/credit 51 0.5 gift")
+    for reply in (await admin(stack, "/stats"), await admin(stack, "/user 51")):
+        words = re.findall(r"[A-Za-z][A-Za-z_-]+", reply)
+        assert set(words) <= {"z-image"}, reply
+    assert "Задачи: в работе: 1, отклонено: 1" in await admin(stack, "/stats")
+    assert "Доступно: 0,50 ₽" in await admin(stack, "/user 51")
 
 
 async def test_admin_commands_do_not_exist_for_others(stack: Stack) -> None:

@@ -24,7 +24,7 @@ from flows.registry import build_registry
 from pricing.calculator import NoPrice
 from pricing.catalog import DEFAULT_PATH, Catalog, CatalogError, Model, load_catalog, parse_catalog
 from pricing.check import menu_kinds
-from pricing.money import format_rub, to_kopecks
+from pricing.money import format_rub, rub, to_kopecks
 from pricing.source import CatalogSource
 from trt.cli import main
 from trt.settings import Settings
@@ -328,6 +328,8 @@ def test_rounding_is_up_to_a_whole_kopeck() -> None:
     assert to_kopecks(Decimal("18.86")) == 1886
     assert to_kopecks(Decimal("0.188568"), Decimal(10)) == 189
     assert format_rub(1886) == "18.86" and format_rub(1100) == "11" and format_rub(5) == "0.05"
+    assert format_rub(1886, "ru") == "18,86" and rub(-5, "ru") == "-0,05 ₽"
+    assert rub(500, "en") == "5 ₽" and rub(1571, "en") == "15.71 ₽"
 
 
 def test_free_models_cost_the_user_nothing_but_keep_a_cost_price() -> None:

@@ -27,7 +27,6 @@ class GenerationRequest:
     data: dict[str, Any]
 
 
-
 def build_request(
     catalog: Catalog, ctx: Context, image_url: Callable[[str], str]
 ) -> GenerationRequest:

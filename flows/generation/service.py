@@ -356,7 +356,7 @@ class GenerationService:
         charge = (
             self.text("charged_free", job.locale)
             if job.price == 0
-            else self.text("charged_paid", job.locale).format(price=rub(job.price))
+            else self.text("charged_paid", job.locale).format(price=rub(job.price, job.locale))
         )
         await self._show(delivered, "job_result", {"job_model": title, "job_charge": charge})
         await self._charge(delivered)

@@ -47,6 +47,6 @@ def register_payment_screens(registry: Registry, services: Callable[[], Services
         earned = sum(line.posted for line in lines if line.reason == "referral")
         return {
             "link": referral_link(me.username or "", ctx.user_id),
-            "earned": rub(earned),
-            "bonus": rub(payments().settings.referral_bonus),
+            "earned": rub(earned, ctx.locale),
+            "bonus": rub(payments().settings.referral_bonus, ctx.locale),
         }

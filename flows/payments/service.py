@@ -163,7 +163,7 @@ class PaymentsService:
         # At least once: marked only after it was sent, so a receipt Telegram did not take
         # is sent again when the update comes back (a crash in between may send it twice);
         # marked before the balance screen, so a screen that fails does not repeat it.
-        receipt = self.text("receipt", locale).format(amount=rub(payment.credit))
+        receipt = self.text("receipt", locale).format(amount=rub(payment.credit, locale))
         await self.bot.send_message(chat_id, receipt)
         await self.store.mark_receipt_sent(charge_id)
         await self.screens.push(self.bot, chat_id, user_id, "balance", {})

@@ -1,0 +1,16 @@
+"""A job's state in the user's words: the one mapping the history screen and the admin
+replies share, so that no reply shows the lifecycle's internal names (`charged`)."""
+
+from __future__ import annotations
+
+_STATUS = {
+    "charged": "job_status_done",
+    "lost": "job_status_done",
+    "released": "job_status_failed",
+    "rejected": "job_status_rejected",
+}
+
+
+def status_key(state: str) -> str:
+    """The flows.yaml text key for a job in `state`; every unfinished state is running."""
+    return _STATUS.get(state, "job_status_running")
