@@ -92,12 +92,12 @@ async def available(stack: Stack, user_id: int) -> int:
 
 
 def shown_price(chat: Chat) -> int:
-    """The price on the confirm screen, in kopecks (0 for free)."""
+    """The price on the confirm screen (Russian: a decimal comma), in kopecks (0 for free)."""
     found = re.search(r"Цена: (.+)", chat.screen().text)
     assert found is not None, chat.screen().text
     if found.group(1).startswith(RU.texts["price_free"]["ru"]):
         return 0
-    rub, _, kop = found.group(1).removesuffix(" ₽").partition(".")
+    rub, _, kop = found.group(1).removesuffix(" ₽").partition(",")
     return int(rub) * 100 + int(kop or 0)
 
 
