@@ -4,6 +4,7 @@ the local Telegram and the terminal chat, driven through its stdin."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -44,3 +45,47 @@ def test_run_without_token_generates_in_the_terminal(tmp_path: Path) -> None:
     assert "⏳ Генерация запущена" in after_confirm
     assert "bot: [photo] ✅" in after_confirm.split("> :wait", 1)[1]
     assert "✅ Готово:" in after_confirm
+
+
+def test_the_local_chat_pays_switches_language_and_says_when_nothing_is_coming(
+    tmp_path: Path,
+) -> None:
+    """A balance without a real payment: :pay pays the last invoice as Telegram would
+    (pre-checkout, then the payment), :lang en shows the screens in English, and :wait
+    with no job running says so at once instead of waiting a minute."""
+    assert trt(["migrate"], tmp_path).returncode == 0
+    script = "/start\n:wait\n:pay\n8\n1\n1\n:pay\n:lang en\n8\n:quit\n"
+    result = trt(["run"], tmp_path, stdin=script)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "(nothing is on its way: no job is running)" in out.split("> :wait", 1)[1]
+    assert "(no invoice to pay" in out.split("> :pay", 1)[1].split("> 8", 1)[0]
+    paid = out.split("> :pay", 2)[2]
+    assert "(paid 100 XTR)" in paid and "Оплата получена: 150 ₽ зачислено" in paid
+    english = out.split("> :lang en", 1)[1]
+    assert "Main menu" in english and "Available: 150 ₽" in english
+
+
+def test_run_in_english_and_ctrl_c_ends_it_cleanly(tmp_path: Path) -> None:
+    assert trt(["migrate"], tmp_path).returncode == 0
+    result = trt(["run", "--lang", "en"], tmp_path, stdin="/start\n:quit\n")
+    assert result.returncode == 0, result.stderr
+    assert "Main menu" in result.stdout
+    env = {k: v for k, v in os.environ.items() if k != "BOT_TOKEN"}
+    env["DATABASE_URL"] = f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}"
+    with subprocess.Popen(
+        [*TRT, "run"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    ) as chat:
+        assert chat.stdout is not None and chat.stdin is not None
+        while "Type /start" not in chat.stdout.readline():
+            pass
+        chat.send_signal(signal.SIGINT)  # Ctrl-C at the prompt
+        _, errors = chat.communicate(timeout=30)
+    assert chat.returncode == 0, errors
+    assert "Traceback" not in errors

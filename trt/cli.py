@@ -143,7 +143,7 @@ def migrate(_: argparse.Namespace) -> int:
     return 0
 
 
-def run(_: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from trt.run import run_bot
 
     settings = Settings()
@@ -151,7 +151,11 @@ def run(_: argparse.Namespace) -> int:
         return code
     import asyncio
 
-    return asyncio.run(run_bot(settings))
+    try:
+        return asyncio.run(run_bot(settings, args.lang))
+    except KeyboardInterrupt:  # Ctrl-C ends a local chat: no traceback
+        print("\nbye", file=sys.stderr)
+        return 0
 
 
 def serve(_: argparse.Namespace) -> int:
@@ -238,9 +242,13 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="upgrade the database to the latest migration").set_defaults(
         func=migrate
     )
-    sub.add_parser(
+    run_cmd = sub.add_parser(
         "run", help="run the bot (no BOT_TOKEN: a local Telegram and a terminal chat)"
-    ).set_defaults(func=run)
+    )
+    run_cmd.add_argument(
+        "--lang", default="ru", help="the local chat's language (default: %(default)s)"
+    )
+    run_cmd.set_defaults(func=run)
     sub.add_parser(
         "serve",
         help="run the bot in production: webhook or polling, health, readiness, metrics",

@@ -48,7 +48,8 @@ async def _http(product: Product, settings: Settings, sock: socket.socket) -> As
         await runner.cleanup()
 
 
-async def run_bot(settings: Settings) -> int:
+async def run_bot(settings: Settings, lang: str = "ru") -> int:
+    """`lang`: the language the local chat's user speaks (their Telegram app's)."""
     if reason := await migration_problem():
         print(f"trt run: {reason} (make run does it for you)", file=sys.stderr)
         return 1
@@ -89,8 +90,15 @@ async def run_bot(settings: Settings) -> int:
         where = f"a local Telegram runs at {api.base_url}"
         print(f"No BOT_TOKEN: {where}. Type /start, then button numbers.")
         polling = asyncio.create_task(product.dispatcher.start_polling(bot, handle_signals=False))
+        jobs = product.services.jobs
+
+        async def pending() -> bool:
+            return any(not job.final for job in await jobs.recent(LOCAL_CHAT, 5))
+
         try:
-            await run_terminal_chat(api, LOCAL_CHAT, LOCAL_CHAT)
+            await run_terminal_chat(
+                api, LOCAL_CHAT, LOCAL_CHAT, language_code=lang, pending=pending
+            )
         finally:
             await product.dispatcher.stop_polling()
             with contextlib.suppress(asyncio.CancelledError):

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import sys
 import threading
+from collections.abc import Awaitable, Callable
 from typing import Any, TextIO
 
 from engine.local.bot_api_server import Call, FakeBotAPI
@@ -25,8 +26,10 @@ WAIT_LIMIT = 60.0  # how long `:wait` waits for the bot to speak up
 HELP = (
     "Type text or /start to send it; a number presses that button of the latest keyboard"
     " (\\5 sends the text 5); :photo sends a photo; :wait waits for the bot's next message"
-    " (a result that takes a while); :quit or EOF ends."
+    " (a result that takes a while); :pay pays the last invoice; :lang en (or ru) switches"
+    " language; :quit, EOF or Ctrl-C ends."
 )
+Pending = Callable[[], Awaitable[bool]]
 
 
 class _Transcript:
@@ -164,6 +167,53 @@ def _update_for(
     return api.make_message_update(chat_id, user_id, text.removeprefix("\\"), lang)
 
 
+async def _pay(
+    api: FakeBotAPI,
+    transcript: _Transcript,
+    chat_id: int,
+    user_id: int,
+    language_code: str,
+    interactive: bool,
+) -> None:
+    """What Telegram does when the person pays the latest invoice: a pre-checkout query,
+    and if the bot says yes, a successful payment."""
+    invoices = [
+        c
+        for c in api.calls_of("sendInvoice")
+        if not c.failed and str(c.params.get("chat_id")) == str(chat_id)
+    ]
+    if not invoices:
+        transcript.say("  (no invoice to pay: choose a top-up package first)")
+        return
+    invoice = invoices[-1].params
+    payload, currency = str(invoice["payload"]), str(invoice["currency"])
+    prices = invoice.get("prices") or []
+    total = sum(int(p["amount"]) for p in prices if isinstance(p, dict))
+    seen = len(api.calls)
+    query = api.make_pre_checkout_update(user_id, payload, currency, total, language_code)
+    api.push_update(query)
+    await _settle(api, query["update_id"])
+    answers = [c for c in api.calls[seen:] if c.method == "answerPreCheckoutQuery"]
+    if not answers or answers[-1].params.get("ok") in (False, "false"):
+        reason = answers[-1].params.get("error_message") if answers else "no answer"
+        transcript.say(f"  (payment refused: {reason})")
+        return
+    paid = api.make_successful_payment_update(
+        chat_id,
+        user_id,
+        payload,
+        currency,
+        total,
+        charge_id=f"local-charge-{query['update_id']}",
+        language_code=language_code,
+    )
+    transcript.say(f"  (paid {total} {currency})")
+    api.push_update(paid)
+    await _settle(api, paid["update_id"])
+    if not interactive:
+        transcript.flush()
+
+
 async def _follow(transcript: _Transcript) -> None:
     while True:
         transcript.flush()
@@ -178,12 +228,14 @@ async def run_terminal_chat(
     language_code: str = "ru",
     input_stream: TextIO = sys.stdin,
     output: TextIO = sys.stdout,
+    pending: Pending | None = None,
 ) -> None:
     """Chats with the bot polling `api` until `:quit` or end of input.
 
     At a terminal the bot's messages print as they come. Piped input is a
     script: each line waits for the bot's answer, so the output is the same
-    on every run.
+    on every run. `pending` says whether the bot has work under way for this chat
+    (a job), so that `:wait` with nothing coming says so at once.
     """
     transcript = _Transcript(api, chat_id, output)
     interactive = input_stream.isatty()
@@ -196,7 +248,20 @@ async def run_terminal_chat(
             if not interactive:
                 transcript.say(f"> {text}")
             if text == ":wait":
+                if pending is not None and not await pending():
+                    transcript.say("  (nothing is on its way: no job is running)")
+                    continue
                 await _next_message(api, transcript)
+                continue
+            if text.startswith(":lang"):
+                chosen = text.removeprefix(":lang").strip()
+                if not chosen:
+                    transcript.say(f"  (language: {language_code}; :lang en or :lang ru)")
+                    continue
+                language_code = chosen
+                text = "/start"  # the screens come again in that language
+            if text == ":pay":
+                await _pay(api, transcript, chat_id, user_id, language_code, interactive)
                 continue
             update = _update_for(api, transcript, chat_id, user_id, text, language_code)
             if update is not None:
