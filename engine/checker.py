@@ -74,6 +74,7 @@ class _Checker:
         self.check_commands()
         self.check_states()
         self.check_declarations()
+        self.check_product_texts()
         self.check_graph()
 
     def text(self, loc: Loc, text: LocalizedText, *, markup: bool = True) -> None:
@@ -101,6 +102,40 @@ class _Checker:
             self.text(("system", name), value)
         for name, value in self.spec.texts.items():
             self.text(("texts", name), value)
+
+    def check_product_texts(self) -> None:
+        """Each text the product shows exists, and fits where it is shown."""
+        if self.registry is None:
+            return
+        limits = {
+            "message": telegram_html.MESSAGE_LIMIT,
+            "notice": telegram_html.ANSWER_LIMIT,
+            "caption": telegram_html.CAPTION_LIMIT,
+        }
+        for key, use in sorted(self.registry.texts.items()):
+            text = self.spec.texts.get(key)
+            if text is None:
+                hint = did_you_mean(key, self.spec.texts)
+                self.at(("texts",), f"the product shows text {key!r}, missing here{hint}", key=True)
+                continue
+            for locale, value in text.items():
+                loc: Loc = ("texts", key, locale)
+                if use.kind == "notice" and ("<" in value or "&" in value):
+                    self.at(loc, "a notice on a button is plain text: Telegram shows tags as typed")
+                try:
+                    _, found = fields(value)
+                    bound = longest(value, {f.name: None for f in found} | dict(use.values))
+                except BadPlaceholder:
+                    continue
+                if bound.unbounded:
+                    names = ", ".join(f"{{{n}}}" for n in bound.unbounded)
+                    self.at(loc, f"{names}: the product does not fill it in this text")
+                elif bound.units > limits[use.kind]:
+                    self.at(
+                        loc,
+                        f"this {use.kind} can reach {bound.units} characters; Telegram shows "
+                        f"at most {limits[use.kind]} there",
+                    )
 
     def check_commands(self) -> None:
         for command, state in self.spec.commands.items():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from engine.spec import ArgValue
 
@@ -63,6 +63,20 @@ DataProvider = Callable[[Context], Awaitable[Mapping[str, object]]]
 OptionsProvider = Callable[[Context], Awaitable[Sequence[Option]]]
 
 
+TextKind = Literal["message", "notice", "caption"]
+
+
+@dataclass(frozen=True, slots=True)
+class TextUse:
+    """How the product shows one of flows.yaml's `texts:`, so that the checker can hold
+    it to Telegram's limit for that place: a message (4096, HTML), a notice on a tapped
+    button (200, plain text), a media caption (1024, HTML). `values` gives the longest
+    value of each placeholder the product fills."""
+
+    kind: TextKind = "message"
+    values: Mapping[str, int] = field(default_factory=dict)
+
+
 class Registry:
     """Names from flows.yaml mapped to the product's coroutines."""
 
@@ -70,6 +84,12 @@ class Registry:
         self.actions: dict[str, Action] = {}
         self.data_providers: dict[str, DataProvider] = {}
         self.options_providers: dict[str, OptionsProvider] = {}
+        # The texts the product's Python shows, by key: `trt flows check` proves each
+        # is in every locale and within its place's limit.
+        self.texts: dict[str, TextUse] = {}
+
+    def uses_text(self, key: str, kind: TextKind = "message", **values: int) -> None:
+        self.texts[key] = TextUse(kind, values)
 
     def action(self, name: str) -> Callable[[Action], Action]:
         def register(func: Action) -> Action:

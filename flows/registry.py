@@ -9,7 +9,7 @@ from engine.registry import Registry
 from flows.account_screens import register_account_screens
 from flows.catalog_menus import register_catalog_menus
 from flows.generate_action import register_generate
-from flows.payments.screens import register_payment_screens
+from flows.payments.screens import PROMO_NOTICES, register_payment_screens
 from pricing.source import CatalogSource, catalog_provider
 
 if TYPE_CHECKING:  # the services (aiogram, the database) are not needed to list names
@@ -37,7 +37,23 @@ def build_registry(
     register_account_screens(registry, need)
     register_generate(registry, need, current, image_url or _no_images)
     register_payment_screens(registry, need)
+    declare_texts(registry)
     return registry
+
+
+def declare_texts(registry: Registry) -> None:
+    """The texts of flows.yaml that the product's Python shows outside a screen, where,
+    and the longest value it fills into each: `trt flows check` holds each to its limit."""
+    for key in ("invoice_sent", "promo_ok", "param_saved", "free_limit", *PROMO_NOTICES.values()):
+        registry.uses_text(key, "notice")
+    registry.uses_text("result_caption", "caption", model=80)
+    registry.uses_text("result_link", url=1500)
+    registry.uses_text("receipt", amount=32)
+    registry.uses_text("charged_paid", price=32)
+    registry.uses_text("charged_free")
+    registry.uses_text("invoice_description", package=64)
+    for state in ("submitted", "running", "done", "failed"):
+        registry.uses_text(f"progress_{state}", model=80, seconds=6)
 
 
 def _need(services: Services | None) -> Callable[[], Services]:

@@ -376,3 +376,34 @@ def test_commands_name_existing_screens_and_never_start() -> None:
     start = SOURCE.replace("commands:\n  help: help\n", "commands:\n  start: help\n")
     line = line_of(start, "  start: help")
     assert problems(start) == [f"f.yaml:{line}:3: /start always opens the root state"]
+
+
+def test_texts_the_product_shows_exist_and_fit_where_they_are_shown() -> None:
+    """Notices on a tapped button are plain text of at most 200 characters, a caption at
+    most 1024, each with the product's values at their longest; a text the product
+    shows must be in the file."""
+    notice = SOURCE.replace(
+        'promo_ok: {ru: "🎉 Промокод принят!"', 'promo_ok: {ru: "🎉 <b>Промокод</b> принят!"'
+    )
+    line = line_of(notice, "promo_ok:")
+    assert problems(notice) == [
+        f"f.yaml:{line}:18: a notice on a button is plain text: Telegram shows tags as typed"
+    ]
+    long_notice = SOURCE.replace('"Счёт отправлен ниже 👇"', '"' + "Счёт отправлен. " * 13 + '"')
+    found = problems(long_notice)
+    assert len(found) == 1 and "this notice can reach 208 characters" in found[0], found
+    caption = SOURCE.replace(
+        'result_caption: {ru: "✅ {model}"', 'result_caption: {ru: "✅ {model} ' + "я" * 900 + '"'
+    )
+    found = problems(caption)
+    assert len(found) == 1 and "this caption can reach 1063 characters" in found[0], found
+    gone = SOURCE.replace("  receipt:\n", "  reciept:\n")
+    found = problems(gone)
+    assert any(
+        "the product shows text 'receipt', missing here (did you mean 'reciept'?)" in p
+        for p in found
+    )
+    unfilled = SOURCE.replace(
+        'result_caption: {ru: "✅ {model}"', 'result_caption: {ru: "✅ {model} {size}"'
+    )
+    assert any("{size}: the product does not fill it in this text" in p for p in problems(unfilled))
