@@ -89,3 +89,16 @@ def test_run_in_english_and_ctrl_c_ends_it_cleanly(tmp_path: Path) -> None:
         _, errors = chat.communicate(timeout=30)
     assert chat.returncode == 0, errors
     assert "Traceback" not in errors
+
+
+def test_a_bad_database_url_stops_with_one_line_naming_it(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "BOT_TOKEN"}
+    env["DATABASE_URL"] = "postgres://nowhere"  # no async driver named
+    for command in (["run"], ["migrate"], ["serve"]):
+        result = subprocess.run(
+            [*TRT, *command], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60
+        )
+        assert result.returncode == 2, (command, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("trt: DATABASE_URL"), result.stderr
+        assert "Traceback" not in result.stderr
