@@ -17,10 +17,11 @@ engine strips it before an action or a provider sees the data.
   not called out of date.
 - `run`: the action claimed but not finished; the same update, delivered again,
   finishes it under the same run key.
-- `answered`: callback queries answered by a delivery that was then refused (an
-  outage after the answer), so that their redelivery does not answer again (Telegram
-  would refuse it: "query is too old"). Best effort: a delivery killed between its
-  answer and this note answers again, and Telegram's refusal is then harmless.
+- `answered`: callback queries answered, and messages whose notice was sent, by a
+  delivery that was then refused (an outage after the answer), so that their
+  redelivery does not answer again (Telegram would refuse a second answer: "query is
+  too old"; a notice would show twice). Best effort: a delivery killed between its
+  answer and this note answers again.
 
 Everything here is advisory except `run`: losing a `shown` entry to a concurrent
 writer costs one edit that Telegram may refuse, which the engine tolerates.

@@ -151,16 +151,17 @@ class FlowEngine:
         except Exception as exc:
             log.info("could not note %s in %s: %r", marks.dump().keys(), where.key, exc)
 
-    async def note_answered(self, where: Where, query_id: str) -> None:
-        """The query was answered by a delivery about to be refused: its redelivery must
-        not answer again. Best effort, like every mark but the pending run."""
+    async def note_answered(self, where: Where, source: str) -> None:
+        """The update (`q:<query id>`, `m:<message id>`) was answered (its callback, or its
+        notice sent) by a delivery about to be refused: its redelivery must not answer
+        again. Best effort, like every mark but the pending run."""
         try:
             snap = await self.store.load(where.key)
         except Exception as exc:
-            log.info("could not note query %s as answered: %r", query_id, exc)
+            log.info("could not note %s as answered: %r", source, exc)
             return
         if snap is not None:
-            await self.note(where, snap, Marks.of(snap).answering(f"q:{query_id}"))
+            await self.note(where, snap, Marks.of(snap).answering(source))
 
     async def send(self, where: Where, snap: Snapshot, prefix: str | None = None) -> None:
         screen = await self.screen(where, snap)
@@ -571,13 +572,27 @@ class FlowEngine:
 
     async def on_message(self, where: Where, message: Message) -> None:
         source = f"m:{message.message_id}"
+        snap = await self.load_or_create(where)
+        told = source in Marks.of(snap).answered
+        sent: list[str] = []
 
         async def notify(text: str | None = None, show_alert: bool = False) -> None:
-            # A message has no callback to answer: a notice is a message of its own.
-            if text:
+            # A message has no callback to answer: a notice is a message of its own, sent
+            # once: a redelivery after it was sent does not send it again.
+            if text and not told:
                 await where.bot.send_message(where.chat_id, text)
+                sent.append(text)
 
-        snap = await self.load_or_create(where)
+        try:
+            await self.handle_message(where, message, snap, source, notify)
+        except Exception as exc:
+            if sent and self.retry_later(exc):
+                await self.note_answered(where, source)
+            raise
+
+    async def handle_message(
+        self, where: Where, message: Message, snap: Snapshot, source: str, notify: Answer
+    ) -> None:
         if await self.redelivered(where, snap, source, None, notify):
             return
         st: State = self.spec.states[snap.state]

@@ -120,7 +120,7 @@ class CallbackAnswers(BaseMiddleware):
             await answer(text, show_alert=True)
             if self.engine.retry_later(exc):
                 if answer.sent:
-                    await self.engine.note_answered(where_of(data["bot"], event), event.id)
+                    await self.engine.note_answered(where_of(data["bot"], event), f"q:{event.id}")
                 raise UpdateNotProcessed(error_id) from exc
         finally:
             await answer()

@@ -53,9 +53,17 @@ def product_system_texts() -> dict[str, Any]:
     return dict(spec["system"])
 
 
+def product_texts() -> dict[str, Any]:
+    """The real file's `texts:`: a flow run with the product's registry needs the texts
+    the product shows (`trt flows check` refuses a file without them)."""
+    spec = yaml.safe_load((ROOT / "flows.yaml").read_text(encoding="utf-8"))
+    return dict(spec["texts"])
+
+
 def mini_flow(directory: Path) -> Path:
     path = directory / "mini_flows.yaml"
-    flow = {**_MINI, "system": product_system_texts()}
+    texts = {**product_texts(), **_MINI.get("texts", {})}
+    flow = {**_MINI, "system": product_system_texts(), "texts": texts}
     path.write_text(yaml.safe_dump(flow, allow_unicode=True), encoding="utf-8")
     return path
 

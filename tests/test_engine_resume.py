@@ -30,7 +30,7 @@ from storage.db import create_engine
 from storage.settings import DatabaseSettings
 from tests.harness import Chat, Stack, answer_text, running_stack
 from tests.ledger_support import check_invariants
-from tests.service_support import product_system_texts
+from tests.service_support import product_system_texts, product_texts
 from tests.test_generation_e2e import RICH, available, final_job, fund, order, shown_price
 
 SYSTEM = product_system_texts()
@@ -95,7 +95,7 @@ _FLOW: dict[str, Any] = {
 
 def resume_flow(directory: Path) -> Path:
     path = directory / "resume_flows.yaml"
-    flow = {**_FLOW, "system": SYSTEM}
+    flow = {**_FLOW, "system": SYSTEM, "texts": {**product_texts(), **_FLOW["texts"]}}
     path.write_text(yaml.safe_dump(flow, allow_unicode=True), encoding="utf-8")
     return path
 
@@ -541,3 +541,33 @@ async def test_a_query_answered_before_the_update_was_refused_is_not_answered_ag
     assert [c.method for c in calls if not c.failed][-1] in ("editMessageText", "sendMessage")
     if failure == "action":
         assert len(recorder.keys) == 2 and recorder.completed == recorder.keys[:1]
+
+
+
+async def test_a_notice_sent_before_the_update_was_refused_is_not_sent_again(
+    stack: Stack, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A typed word: the action's notice went out as a message, then the next screen met
+    a 5xx; the redelivery shows the screen without a second notice (a campaign finding:
+    "promo accepted" told twice)."""
+    chat = stack.chat(63)
+    await chat.send("/start")
+    await chat.tap("Слово")
+    real = stack.engine.show
+
+    async def failing_once(*args: Any, **kwargs: Any) -> None:
+        monkeypatch.setattr(stack.engine, "show", real)
+        stack.api.inject_error("sendMessage", 502, "Bad Gateway")
+        await real(*args, **kwargs)
+
+    monkeypatch.setattr(stack.engine, "show", failing_once)
+    update = stack.api.make_message_update(63, 63, "hello")
+    assert (await deliver(stack, update))[0] == 503
+    assert (await deliver(stack, update))[0] == 200
+    notices = [
+        c for c in stack.api.calls_of("sendMessage")
+        if not c.failed and c.params.get("text") == RECORDED
+    ]  # fmt: skip
+    assert len(notices) == 1
+    assert chat.screen().text.startswith("Готово:")
+    assert len(recorder.completed) == 1

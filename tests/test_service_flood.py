@@ -82,7 +82,6 @@ async def test_taps_beyond_the_in_flight_cap_are_dropped_without_waiting(tmp_pat
         chat = stack.chat(34)
         await chat.send("/start")
         data = chat.screen().data_of("Работа")
-        started = time.monotonic()
         results = await asyncio.gather(*(chat.tap_data(data) for _ in range(6)))
         answered_at = {
             c.params["callback_query_id"]: c.at for c in stack.api.calls_of("answerCallbackQuery")
@@ -90,8 +89,9 @@ async def test_taps_beyond_the_in_flight_cap_are_dropped_without_waiting(tmp_pat
         dropped = [qid for calls, qid in results if answer_text(calls, qid) in (BUSY, None)]
         assert [answer_text(calls, qid) for calls, qid in results].count(BUSY) == 1
         assert len(finished) == 1
-        # Four were dropped at once: answered before the slow action was done.
-        early = [qid for qid in dropped if answered_at[qid] - started < 0.4]
+        # Four were dropped at once: answered before the slow action was done (compared
+        # with when it finished, not with a wall-clock budget a busy machine can miss).
+        early = [qid for qid in dropped if answered_at[qid] < finished[0]]
         assert len(early) == 4
 
 
