@@ -270,6 +270,14 @@ async def test_a_refund_whose_answer_is_lost_is_finished_by_the_redelivery(
     await check_invariants(stack.product.services.db)
 
 
+def receipts_sent(stack: Stack) -> int:
+    return sum(
+        1
+        for c in stack.api.calls_of("sendMessage")
+        if not c.failed and "Оплата получена" in str(c.params.get("text"))
+    )
+
+
 async def test_a_receipt_telegram_did_not_take_is_sent_on_redelivery(stack: Stack) -> None:
     chat = stack.chat(49)
     params = await invoice(chat)
@@ -282,11 +290,7 @@ async def test_a_receipt_telegram_did_not_take_is_sent_on_redelivery(stack: Stac
     assert await stack.post(update) == 200
     assert await stack.post(update) == 200
     assert await available(stack, 49) == CREDIT
-    receipts = [
-        c for c in stack.api.calls_of("sendMessage")
-        if not c.failed and "Оплата получена" in str(c.params.get("text"))
-    ]  # fmt: skip
-    assert len(receipts) == 1
+    assert receipts_sent(stack) == 1
 
 
 async def test_a_balance_screen_telegram_did_not_take_does_not_repeat_the_receipt(
@@ -311,11 +315,7 @@ async def test_a_balance_screen_telegram_did_not_take_does_not_repeat_the_receip
     assert await stack.post(update) == 503
     assert await stack.post(update) == 200
     assert await available(stack, 50) == CREDIT
-    receipts = [
-        c for c in stack.api.calls_of("sendMessage")
-        if not c.failed and "Оплата получена" in str(c.params.get("text"))
-    ]  # fmt: skip
-    assert len(receipts) == 1
+    assert receipts_sent(stack) == 1
 
 
 async def test_the_run_that_redeemed_a_code_is_told_ok_again_others_used(stack: Stack) -> None:

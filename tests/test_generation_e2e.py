@@ -121,6 +121,20 @@ async def order(chat: Chat, kind: str) -> int:
     return shown_price(chat)
 
 
+async def confirm_update(stack: Stack, user_id: int) -> tuple[dict[str, Any], int]:
+    """A funded user's order up to the confirm screen, and the update of its Generate
+    tap (to deliver as often as a test needs); the shown price."""
+    await fund(stack, user_id, RICH)
+    chat = stack.chat(user_id)
+    price = await order(chat, "text_to_image")
+    assert chat.screen_message is not None
+    data = chat.screen().data_of("✅ Создать")
+    update = stack.api.make_callback_update(
+        user_id, user_id, chat.screen_message, data, language_code="ru"
+    )
+    return update, price
+
+
 async def job_of(stack: Stack, user_id: int) -> JobRecord:
     jobs = await stack.product.services.jobs.recent(user_id, 5)
     assert len(jobs) == 1, jobs
@@ -336,13 +350,7 @@ async def test_double_tap_on_confirm_makes_one_job_and_one_hold(stack: Stack) ->
 
 
 async def test_the_same_update_twice_makes_one_job(stack: Stack) -> None:
-    await fund(stack, 14, RICH)
-    chat = stack.chat(14)
-    price = await order(chat, "text_to_image")
-    assert chat.screen_message is not None
-    update = stack.api.make_callback_update(
-        14, 14, chat.screen_message, chat.screen().data_of("✅ Создать"), language_code="ru"
-    )
+    update, price = await confirm_update(stack, 14)
     statuses = await asyncio.gather(stack.post(update), stack.post(update))
     assert statuses == [200, 200]
     await final_job(stack, 14)
@@ -481,13 +489,7 @@ async def test_a_tap_cut_off_before_the_hold_is_finished_by_its_redelivery(
         raise ConnectionRefusedError("database went away")
 
     monkeypatch.setattr(generation, "_hold", outage)
-    await fund(stack, 27, RICH)
-    chat = stack.chat(27)
-    price = await order(chat, "text_to_image")
-    assert chat.screen_message is not None
-    update = stack.api.make_callback_update(
-        27, 27, chat.screen_message, chat.screen().data_of("✅ Создать"), language_code="ru"
-    )
+    update, price = await confirm_update(stack, 27)
     assert await stack.post(update) == 503
     assert (await job_of(stack, 27)).state == "created"
     monkeypatch.setattr(generation, "_hold", real)
