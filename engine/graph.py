@@ -113,17 +113,3 @@ class FlowGraph:
                         seen.add(dest)
                         todo.append(dest)
         return seen
-
-    def reaching(self, target: str) -> set[str]:
-        """States from which `target` can be reached."""
-        incoming: dict[str, set[str]] = {s: set() for s in self.states}
-        for edge in self.edges():
-            incoming[edge.dest].add(edge.source)
-        seen = {target}
-        todo = [target]
-        while todo:
-            for source in incoming[todo.pop()]:
-                if source not in seen:
-                    seen.add(source)
-                    todo.append(source)
-        return seen

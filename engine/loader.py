@@ -20,8 +20,6 @@ from engine.spec import KEYS, FlowSpec
 from engine.suggest import did_you_mean
 
 Loc = tuple[str | int, ...]
-# Builds plain scalars from composed nodes; collections are walked by hand.
-_SCALARS = yaml.SafeLoader("")
 _FAST_LOADER: type[yaml.CSafeLoader] | None = getattr(yaml, "CSafeLoader", None)
 
 
@@ -93,7 +91,10 @@ def parse_flow(source: str, file: str = "flows.yaml") -> LoadedFlow:
 
     positions = Positions(file, {}, {})
     problems: list[Problem] = []
-    data = _to_python(node, (), positions, problems)
+    # Builds plain scalars from composed nodes (collections are walked by hand). One per
+    # parse: a loader remembers every node it built, so a shared one would grow forever.
+    scalars = yaml.SafeLoader("")
+    data = _to_python(node, (), positions, problems, scalars)
     if problems:
         raise FlowError(problems)
     if not isinstance(data, dict):
@@ -180,12 +181,14 @@ def _compose(source: str) -> yaml.Node | None:
     return yaml.compose(source, Loader=yaml.SafeLoader)
 
 
-def _to_python(node: yaml.Node, loc: Loc, pos: Positions, problems: list[Problem]) -> Any:
+def _to_python(
+    node: yaml.Node, loc: Loc, pos: Positions, problems: list[Problem], scalars: yaml.SafeLoader
+) -> Any:
     pos.values[loc] = (node.start_mark.line + 1, node.start_mark.column + 1)
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = _SCALARS.construct_object(key_node)
+            key = scalars.construct_object(key_node)
             if not isinstance(key, str | int):
                 problems.append(pos.at(loc, "mapping keys must be plain names"))
                 continue
@@ -196,11 +199,13 @@ def _to_python(node: yaml.Node, loc: Loc, pos: Positions, problems: list[Problem
                 problems.append(Problem(pos.file, line, col, f"duplicate key {key!r}"))
                 continue
             pos.keys[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
-            out[key] = _to_python(value_node, child, pos, problems)
+            out[key] = _to_python(value_node, child, pos, problems, scalars)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_to_python(item, (*loc, i), pos, problems) for i, item in enumerate(node.value)]
-    return _SCALARS.construct_object(node)
+        return [
+            _to_python(item, (*loc, i), pos, problems, scalars) for i, item in enumerate(node.value)
+        ]
+    return scalars.construct_object(node)
 
 
 def _validation_problems(

@@ -70,14 +70,6 @@ class Where:
         return f"{self.chat_id}:{self.user.id}"
 
 
-class ActionFailed(Exception):
-    """An action raised; carries the short id shown to the user and logged."""
-
-    def __init__(self, error_id: str) -> None:
-        super().__init__(error_id)
-        self.error_id = error_id
-
-
 class FlowEngine:
     def __init__(
         self,

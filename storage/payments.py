@@ -110,13 +110,6 @@ class PaymentStore:
             ).first()
         return _payment(row._mapping) if row is not None else None
 
-    async def paid_count(self, user_id: int) -> int:
-        async with self.engine.connect() as conn:
-            found = await conn.scalar(
-                select(func.count()).select_from(_payments).where(_payments.c.user_id == user_id)
-            )
-        return int(found or 0)
-
     async def mark_refunded(self, charge_id: str, key: str) -> bool:
         """True for the refund `key` that marks it, also when that same refund asks again
         (a redelivered command resumes); any other refund gets False."""

@@ -25,7 +25,6 @@ from engine.registry import Action
 from engine.runtime import FlowEngine
 from engine.spec import PLACEHOLDER
 from engine.store import StateStore
-from engine.webhook import WEBHOOK_PATH
 from flows.generation.settings import GenerationSettings
 from flows.payments.settings import PaymentSettings
 from kie.client import KieClient
@@ -39,6 +38,7 @@ from storage.settings import DatabaseSettings
 from trt.app import build_bot
 from trt.flood import FloodLimits
 from trt.product import Product, background, build_product, product_routes
+from trt.webhook import WEBHOOK_PATH
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-secret_1"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -407,3 +409,20 @@ def test_texts_the_product_shows_exist_and_fit_where_they_are_shown() -> None:
         'result_caption: {ru: "✅ {model}"', 'result_caption: {ru: "✅ {model} {size}"'
     )
     assert any("{size}: the product does not fill it in this text" in p for p in problems(unfilled))
+
+
+def test_parsing_again_and_again_keeps_nothing() -> None:
+    """A long-running process may reload its flows: a parse must leave nothing behind
+    (a module-level YAML loader used to keep every node it built, ~400 KB a parse)."""
+    parse_flow(SOURCE)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(10):
+            parse_flow(SOURCE)
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 100_000, f"{kept} bytes kept by 10 parses"

@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from engine.webhook import WEBHOOK_PATH
 from kie.fake_script import Behaviour
 from kie.fake_server import FakeKie
 from storage.jobs import JobRecord
@@ -25,6 +24,7 @@ from storage.processed_updates import ProcessedUpdates
 from tests.harness import SECRET, Stack, running_stack
 from tests.service_support import Outage
 from tests.test_generation_e2e import RICH, available, events, fund, order, reach
+from trt.webhook import WEBHOOK_PATH
 
 INT64_MAX = 2**63 - 1
 DEEP = 20_000

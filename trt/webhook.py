@@ -20,8 +20,9 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from engine.json_body import BodyRefused, read_json_object
-from engine.webhook import WEBHOOK_PATH
 from trt.updates import UpdateProcessor
+
+WEBHOOK_PATH = "/telegram/webhook"  # where Telegram posts updates (setWebhook)
 
 log = logging.getLogger("trt.webhook")
 

@@ -54,13 +54,6 @@ class Redactor:
         return rendered
 
 
-def secrets_of_token(token: str | None) -> list[str]:
-    """A bot token and its secret half (the part after the colon, which URLs carry too)."""
-    if not token:
-        return []
-    return [token, token.partition(":")[2]]
-
-
 def _count_error(record: logging.LogRecord) -> None:
     if record.exc_info:
         ERRORS.labels("exception").inc()
