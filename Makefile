@@ -18,7 +18,7 @@ run: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy --strict engine
+	$(BIN)/mypy --strict engine flows storage pricing kie trt
 
 test: lint
 	$(BIN)/trt flows check
