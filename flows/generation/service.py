@@ -25,7 +25,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from aiogram import Bot
 from aiogram.exceptions import (
@@ -66,9 +66,13 @@ class Pusher(Protocol):
     ) -> None: ...
 
 
+# What a tap on Generate came to; "rejected": an earlier delivery's job was refused.
+StartOutcome = Literal["started", "rejected", "insufficient_funds", "free_limit"]
+
+
 @dataclass(frozen=True, slots=True)
 class Started:
-    outcome: str  # "started", "insufficient_funds", "free_limit"
+    outcome: StartOutcome
     job: JobRecord
 
 
@@ -146,7 +150,9 @@ class GenerationService:
         self.spawn(self.advance(held.id))
         return Started("started", held)
 
-    async def _hold(self, job: JobRecord, account: int) -> str | None:
+    async def _hold(
+        self, job: JobRecord, account: int
+    ) -> Literal["insufficient_funds", "free_limit"] | None:
         """None when the job may go on; else why not."""
         if job.price == 0:
             since = self.clock() - timedelta(days=1)

@@ -20,6 +20,7 @@ import html
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import Literal
 
 from aiogram import Bot
 from aiogram.exceptions import (
@@ -54,6 +55,17 @@ def ledger_id(prefix: str, key: str) -> str:
 def order_id(key: str) -> str:
     """An order (and invoice payload) id from the tap that asked for it: 96 bits."""
     return hashlib.sha256(f"order:{key}".encode()).hexdigest()[:24]
+
+
+# A refund's result, each the key of the admin's reply in flows.yaml's texts.
+RefundResult = Literal[
+    "refund_done",
+    "refund_again",
+    "refund_unknown",
+    "refund_spent",
+    "refund_not_stars",
+    "refund_failed",
+]
 
 
 class PaymentsService:
@@ -247,9 +259,8 @@ class PaymentsService:
 
     # ------------------------------------------------------------ refunds
 
-    async def refund(self, charge_id: str, key: str) -> str:
-        """A result key: refund_done, refund_again, refund_unknown, refund_spent,
-        refund_not_stars or refund_failed.
+    async def refund(self, charge_id: str, key: str) -> RefundResult:
+        """What came of it, as the key of the admin's reply in flows.yaml.
 
         `key` names the command asking (the admin's chat and message): every ledger id
         comes from it, so a redelivery of that command resumes where the first delivery
