@@ -103,6 +103,11 @@ class FlowEngine:
             return code
         return self.spec.fallback_locale if code else self.spec.default_locale
 
+    def apology(self, locale: str) -> tuple[str, str]:
+        """A fresh error id (for the log) and the error text that shows it to the user."""
+        error_id = secrets.token_hex(3)
+        return error_id, self.renderer.system("error", locale).format(error_id=error_id)
+
     def context(self, where: Where, snap: Snapshot, args: dict[str, Any] | None = None) -> Context:
         locale = snap.locale
         return Context(
@@ -213,7 +218,7 @@ class FlowEngine:
         try:
             await self.show(where, after, message, source, screen)
         except TelegramBadRequest as exc:
-            error_id = secrets.token_hex(3)
+            error_id, text = self.apology(before.locale)
             log.error(
                 "screen %s refused by Telegram [error %s] in %s: %s",
                 after.state,
@@ -229,7 +234,6 @@ class FlowEngine:
             )
             if not await self.store.save(where.key, back, after.counter):
                 back = await self.load_or_create(where)
-            text = self.renderer.system("error", back.locale).format(error_id=error_id)
             await self.send(where, back, prefix=text)
 
     async def load_or_create(self, where: Where) -> Snapshot:
@@ -540,9 +544,8 @@ class FlowEngine:
         """A failure a redelivery would not cure: an apology with an id, and the screen
         redrawn with fresh buttons so the user can try again. The pending run is
         dropped, so a stray redelivery does not run the action again."""
-        error_id = secrets.token_hex(3)
+        error_id, text = self.apology(claimed.locale)
         log.exception("action %s failed [error %s] in %s", run.action, error_id, where.key)
-        text = self.renderer.system("error", claimed.locale).format(error_id=error_id)
         await answer(text, show_alert=True)
         again = Snapshot(claimed.state, claimed.counter + 1, claimed.locale, claimed.data)
         again, screen = await self.with_screen(

@@ -18,7 +18,6 @@ bot gets no apology: it could not reach them.
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -94,9 +93,7 @@ def _locale(engine: FlowEngine, user: User | None) -> str:
 
 
 def _error_text(engine: FlowEngine, user: User | None) -> tuple[str, str]:
-    error_id = secrets.token_hex(3)
-    text = engine.renderer.system("error", _locale(engine, user)).format(error_id=error_id)
-    return error_id, text
+    return engine.apology(_locale(engine, user))
 
 
 class CallbackAnswers(BaseMiddleware):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import logging
 import secrets
@@ -113,7 +114,9 @@ class GenerationService:
         """Creates the job for `key` once (S1, S2), holds its price, and starts it."""
         account = await ensure_user(self.ledger.engine, user_id, language=locale)
         now = self.clock()
-        job_id = secrets.token_hex(8)
+        # From the tap's run key, like every effect's key: a redelivered tap names the same
+        # job (and hold) whichever delivery writes it first.
+        job_id = hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
         job, created = await self.jobs.create(
             id=job_id,
             # Known before the hold, so recovery can void a hold a crash left behind (S4).
@@ -127,6 +130,7 @@ class GenerationService:
             kind=request.kind,
             request={"input": request.input, "title": request.title, "data": request.data},
             price=request.price,
+            # A secret, not a key: it must be unguessable, so it is random.
             callback_secret=secrets.token_urlsafe(24),
             deadline_at=now + self.settings.job_timeout,
             # Recovery leaves a young job to the tap that is starting it.
