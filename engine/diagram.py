@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from engine.graph import BACK, INPUT, MAIN, OPTION, FlowGraph, button_trigger
-from engine.spec import FlowSpec
+from engine.spec import FlowSpec, localized
 
 Labels = Mapping[tuple[str, str], str]
 
@@ -20,7 +20,7 @@ def edge_labels(spec: FlowSpec, locale: str) -> dict[tuple[str, str], str]:
     """(state, trigger) -> what the user taps or sends there, in `locale`."""
 
     def local(text: Mapping[str, str]) -> str:
-        return text.get(locale) or text.get(spec.fallback_locale) or next(iter(text.values()))
+        return localized(text, locale, spec.fallback_locale)
 
     labels: dict[tuple[str, str], str] = {}
     for name, st in spec.states.items():

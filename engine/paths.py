@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 from engine.graph import INPUT, MAIN, OPTION, Edge, FlowGraph
 from engine.registry import Context, Registry
-from engine.spec import FlowSpec, Options
+from engine.spec import FlowSpec, Options, localized
 
 Labels = Mapping[tuple[str, str], str]
 
@@ -65,7 +65,7 @@ async def tap_labels(
         st = spec.states[edge.source]
         label = labels.get((edge.source, edge.trigger), edge.trigger)
         if edge.trigger == OPTION and st.options is not None:
-            chosen = await _first_option(st.options, registry, edge.source, locale, data)
+            chosen = await _first_option(st.options, registry, edge.source, locale, data, spec)
             if chosen is not None:
                 label, data[st.options.store] = chosen
         elif edge.trigger == INPUT and st.input is not None and st.input.example is not None:
@@ -80,7 +80,12 @@ async def tap_labels(
 
 
 async def _first_option(
-    options: Options, registry: Registry, state: str, locale: str, data: dict[str, object]
+    options: Options,
+    registry: Registry,
+    state: str,
+    locale: str,
+    data: dict[str, object],
+    spec: FlowSpec,
 ) -> tuple[str, str] | None:
     provider = registry.options_providers.get(options.provider)
     if provider is None:
@@ -93,8 +98,8 @@ async def _first_option(
         return None
     if not found:
         return None
-    label = found[0].label
-    text = label if isinstance(label, str) else label.get(locale) or next(iter(label.values()))
+    label, fallback = found[0].label, spec.fallback_locale
+    text = label if isinstance(label, str) else localized(label, locale, fallback)
     return text, found[0].value
 
 

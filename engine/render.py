@@ -20,7 +20,7 @@ from engine import callback_data
 from engine.graph import back_target
 from engine.loader import LoadedFlow
 from engine.registry import Context, Option, Registry
-from engine.spec import PLACEHOLDER, Options
+from engine.spec import PLACEHOLDER, Options, localized
 from engine.text_limits import clip, value_limits
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ class Renderer:
                 )
 
     def local(self, text: Mapping[str, str], locale: str) -> str:
-        return text.get(locale) or text.get(self.spec.fallback_locale) or next(iter(text.values()))
+        return localized(text, locale, self.spec.fallback_locale)
 
     def label(self, option: Option, locale: str) -> str:
         return option.label if isinstance(option.label, str) else self.local(option.label, locale)

@@ -9,6 +9,7 @@ because they need the whole file and the product's registry.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -23,6 +24,11 @@ ArgValue = str | int | float | bool
 
 # `{name}`, or `{name:.N}` to show at most N characters of the value.
 PLACEHOLDER = re.compile(r"(?<!\{)\{([a-zA-Z_][a-zA-Z0-9_]*)(?::\.[0-9]+)?\}(?!\})")
+
+
+def localized(text: Mapping[str, str], locale: str, fallback: str) -> str:
+    """A text in `locale`, else in the fallback locale, else in any: never empty-handed."""
+    return text.get(locale) or text.get(fallback) or next(iter(text.values()))
 
 
 class _Strict(BaseModel):
