@@ -14,12 +14,23 @@ from tests.harness import ROOT
 TRT = [sys.executable, "-m", "trt.cli"]
 
 
-def trt(args: list[str], tmp_path: Path, stdin: str = "") -> subprocess.CompletedProcess[str]:
+def local_env(tmp_path: Path, **over: str) -> dict[str, str]:
+    """A newcomer's environment: no BOT_TOKEN, a fresh SQLite file, the real flows."""
     env = {k: v for k, v in os.environ.items() if k not in ("BOT_TOKEN", "DATABASE_URL")}
     env["DATABASE_URL"] = f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}"
     env["FLOWS_PATH"] = str(ROOT / "flows.yaml")
+    return env | over
+
+
+def trt(args: list[str], tmp_path: Path, stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        TRT + args, input=stdin, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60
+        TRT + args,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=local_env(tmp_path),
+        timeout=60,
     )
 
 
@@ -71,8 +82,7 @@ def test_run_in_english_and_ctrl_c_ends_it_cleanly(tmp_path: Path) -> None:
     result = trt(["run", "--lang", "en"], tmp_path, stdin="/start\n:quit\n")
     assert result.returncode == 0, result.stderr
     assert "Main menu" in result.stdout
-    env = {k: v for k, v in os.environ.items() if k != "BOT_TOKEN"}
-    env["DATABASE_URL"] = f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}"
+    env = local_env(tmp_path)
     with subprocess.Popen(
         [*TRT, "run"],
         stdin=subprocess.PIPE,
@@ -92,8 +102,7 @@ def test_run_in_english_and_ctrl_c_ends_it_cleanly(tmp_path: Path) -> None:
 
 
 def test_a_bad_database_url_stops_with_one_line_naming_it(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "BOT_TOKEN"}
-    env["DATABASE_URL"] = "postgres://nowhere"  # no async driver named
+    env = local_env(tmp_path, DATABASE_URL="postgres://nowhere")  # no async driver named
     for command in (["run"], ["migrate"], ["serve"]):
         result = subprocess.run(
             [*TRT, *command], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60
