@@ -23,6 +23,15 @@ from engine.registry import Context, Option, Registry
 from engine.spec import PLACEHOLDER, Options, localized
 from engine.text_limits import clip, value_limits
 
+
+class MissingText(LookupError):
+    """Python asked for a text key that flows.yaml's `texts:` does not have."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"flows.yaml has no text {key!r}; declare it with Registry.uses_text")
+        self.key = key
+
+
 log = logging.getLogger(__name__)
 _STATIC_CACHE_SIZE = 4096
 
@@ -114,8 +123,13 @@ class Renderer:
         return self.local(text, locale)
 
     def product_text(self, key: str, locale: str) -> str:
+        """A text of `texts:`. A key the flow lacks is a bug, never shown to a user as
+        the key itself: the product declares the keys it uses (Registry.uses_text), the
+        checker proves each exists, and an undeclared one raises here."""
         text = self.spec.texts.get(key)
-        return self.local(text, locale) if text else key
+        if not text:
+            raise MissingText(key)
+        return self.local(text, locale)
 
     async def options(self, ctx: Context, options: Options) -> list[Option]:
         provider = self.registry.options_providers.get(options.provider)

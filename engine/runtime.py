@@ -31,6 +31,7 @@ from engine.graph import BACK, INPUT, MAIN, OPTION, FlowGraph, button_trigger
 from engine.input_check import InputRejected, read_input
 from engine.loader import LoadedFlow
 from engine.marks import Marks, PendingRun, digest, product_data
+from engine.outbox import Outbox
 from engine.registry import Context, Outcome, Registry
 from engine.render import Renderer, Screen
 from engine.spec import Button, State
@@ -77,9 +78,11 @@ class FlowEngine:
         registry: Registry,
         store: StateStore,
         retry_later: RetryLater = never,
+        outbox: Outbox | None = None,
     ) -> None:
         """`retry_later` tells which errors a later delivery of the update can cure (the
-        product's database being down); `engine.telegram.install` may set it too."""
+        product's database being down); `engine.telegram.install` may set it too.
+        `outbox` is the one the product's services were built with: this engine serves it."""
         self.flow = flow
         self.spec = flow.spec
         self.version = flow.version
@@ -94,6 +97,8 @@ class FlowEngine:
             for row in st.buttons
             for b in row
         }
+        if outbox is not None:
+            outbox.serve(self)
 
     # ---- helpers -------------------------------------------------------------
 
@@ -102,6 +107,9 @@ class FlowEngine:
         if code in self.spec.locales:
             return code
         return self.spec.fallback_locale if code else self.spec.default_locale
+
+    def text(self, key: str, locale: str) -> str:
+        return self.renderer.product_text(key, locale)
 
     def apology(self, locale: str) -> tuple[str, str]:
         """A fresh error id (for the log) and the error text that shows it to the user."""

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from engine.registry import Context, Option, Outcome, Registry
 from flows.job_words import status_key
+from flows.text_keys import MOVEMENT_REASONS
 from pricing.money import rub
 
 if TYPE_CHECKING:  # at run time only the services need them: `trt flows check` stays light
@@ -20,7 +21,6 @@ if TYPE_CHECKING:  # at run time only the services need them: `trt flows check` 
 
 HISTORY_LINES = 10
 MOVEMENTS = 5
-_REASONS = ("topup", "generation", "refund", "welcome", "referral", "promo", "admin")
 
 
 def _title(job: JobRecord) -> str:
@@ -30,7 +30,7 @@ def _title(job: JobRecord) -> str:
 def _movement(ctx: Context, line: StatementLine) -> str:
     """A ledger line in plain words: "+150 ₽ top-up", "−11 ₽ generation (Flux 2)"."""
     sign = "+" if line.posted > 0 else "−"
-    words = ctx.text(f"mv_{line.reason}") if line.reason in _REASONS else line.reason
+    words = ctx.text(f"mv_{line.reason}") if line.reason in MOVEMENT_REASONS else line.reason
     note = f" ({line.note})" if line.note and line.reason == "generation" else ""
     return f"• {line.at.strftime('%d.%m')} {sign}{rub(abs(line.posted), ctx.locale)} {words}{note}"
 

@@ -16,26 +16,22 @@ wrong with which argument.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from datetime import timedelta
+from collections.abc import Awaitable, Callable
 from decimal import Decimal, InvalidOperation
 from html import escape
-from typing import Any
+from typing import Any, Literal
 
 from aiogram import F, Router
 from aiogram.filters import Command, CommandObject
 from aiogram.types import Message
-from sqlalchemy.ext.asyncio import AsyncConnection
 
+from flows.admin_service import AdminService
 from flows.job_words import status_key
-from flows.payments.service import PaymentsService
-from flows.services import Services
+from flows.text_keys import ADMIN_COMMANDS, LEDGER_WORDS
 from pricing.catalog import rub_to_kopecks
 from pricing.money import rub
 from storage.ledger import LedgerError, TransferRecord
 from storage.ledger_values import Refusal
-from storage.payments import audit_row, write_audit
-from storage.users import find_account
 
 # Telegram user ids are positive and fit in 64 bits (the users table's BIGINT).
 MAX_USER_ID = 2**63 - 1
@@ -118,160 +114,133 @@ REPLY_LOCALE = "ru"
 class AdminCommands:
     """The commands' logic, one small method each; the router only dispatches."""
 
-    def __init__(self, services: Services, payments: PaymentsService) -> None:
-        self.services = services
-        self.payments = payments
-        self.text: Callable[[str, str], str] = payments.text
+    def __init__(self, admin: AdminService, text: Callable[[str, str], str]) -> None:
+        self.admin = admin
+        self.text = text
 
     def say(self, key: str, **values: Any) -> str:
         """A reply in Telegram HTML, as every text of flows.yaml: values are escaped."""
         return self.text(key, REPLY_LOCALE).format(**{k: escape(str(v)) for k, v in values.items()})
 
-    def refusal_words(self, exc: LedgerError) -> str:
-        """The ledger's refusal in the reply's language where flows.yaml has words for it
-        (`ledger_insufficient_funds`), else its code."""
-        key = f"ledger_{exc.code}"
-        words = self.text(key, REPLY_LOCALE)
-        return exc.code if words == key else words
+    def status(self, state: str) -> str:
+        return self.text(status_key(state), REPLY_LOCALE)
 
-    async def stats(self, _command: CommandObject, _key: str) -> str:
-        s = await self.payments.store.stats()
-        counts: dict[str, int] = {}
-        for state, count in s["jobs"].items():
-            word = self.text(status_key(state), REPLY_LOCALE)
-            counts[word] = counts.get(word, 0) + count
-        jobs = ", ".join(f"{word}: {n}" for word, n in sorted(counts.items())) or "—"
-        return self.say(
-            "admin_stats",
-            users=s["users"],
-            payments=s["payments"],
-            credited=rub(s["credited"], REPLY_LOCALE),
-            jobs=jobs,
-        )
+    def refusal_words(self, exc: LedgerError) -> str:
+        """The ledger's refusal in the reply's language where flows.yaml has words for it,
+        else its code."""
+        if exc.code in LEDGER_WORDS:
+            return self.text(f"ledger_{exc.code}", REPLY_LOCALE)
+        return exc.code
 
     async def known_account(self, user_id: int) -> int:
-        account = await find_account(self.services.db, user_id)
+        account = await self.admin.account(user_id)
         if account is None:
             raise Refused("admin_unknown_user", user=user_id)
         return account
 
-    async def user(self, command: CommandObject, _key: str) -> str:
+    async def stats(self, command: CommandObject, key: str, admin_id: int) -> str:
+        s = await self.admin.stats()
+        counts: dict[str, int] = {}
+        for state, count in s.jobs.items():
+            counts[self.status(state)] = counts.get(self.status(state), 0) + count
+        jobs = ", ".join(f"{word}: {n}" for word, n in sorted(counts.items())) or "—"
+        return self.say(
+            "admin_stats",
+            users=s.users,
+            payments=s.payments,
+            credited=rub(s.credited, REPLY_LOCALE),
+            jobs=jobs,
+        )
+
+    async def user(self, command: CommandObject, key: str, admin_id: int) -> str:
         (raw,) = arguments(command, 1, "admin_usage_user")
         user_id = parse_user_id(raw.strip())
-        balance = await self.services.ledger.balance(await self.known_account(user_id))
-        jobs = await self.services.jobs.recent(user_id, 5)
+        balance = await self.admin.balance(await self.known_account(user_id))
+        jobs = await self.admin.recent_jobs(user_id)
         return self.say(
             "admin_user",
             user=user_id,
             available=rub(balance.available, REPLY_LOCALE),
             on_hold=rub(balance.pending, REPLY_LOCALE),
-            jobs=", ".join(
-                f"{j.model_id}: {self.text(status_key(j.state), REPLY_LOCALE)}" for j in jobs
-            )
-            or "—",
+            jobs=", ".join(f"{j.model_id}: {self.status(j.state)}" for j in jobs) or "—",
         )
 
     async def adjust(self, command: CommandObject, key: str, audit: dict[str, Any]) -> str:
         """/credit and /debit: the transfer and its audit row in one transaction."""
-        raw_user, raw_amount, reason = arguments(command, 3, f"admin_usage_{command.command}")
+        direction: Literal["credit", "debit"] = "credit" if command.command == "credit" else "debit"
+        raw_user, raw_amount, reason = arguments(command, 3, f"admin_usage_{direction}")
         user_id, amount = parse_user_id(raw_user), parse_rubles(raw_amount)
         account = await self.known_account(user_id)
 
-        async def audited(conn: AsyncConnection, outcome: TransferRecord | Refusal) -> None:
-            result = (
-                self.say("admin_refused", reason=outcome.error.message)
-                if isinstance(outcome, Refusal)
-                else f"{command.command} {rub(amount, REPLY_LOCALE)} -> {user_id} ({outcome.id})"
-            )
-            await write_audit(conn, {**audit, "result": result[:500]})
+        def result_of(outcome: TransferRecord | Refusal) -> str:
+            if isinstance(outcome, Refusal):
+                return self.say("admin_refused", reason=outcome.error.message)
+            return f"{direction} {rub(amount, REPLY_LOCALE)} -> {user_id} ({outcome.id})"
 
-        ledger = self.services.ledger
-        note = reason[:200]
         try:
-            if command.command == "credit":
-                await ledger.credit(
-                    key,
-                    account,
-                    amount,
-                    source="adjustments",
-                    reason="admin",
-                    note=note,
-                    also=audited,
-                )
-            else:
-                await ledger.debit(
-                    key,
-                    account,
-                    amount,
-                    destination="adjustments",
-                    reason="admin",
-                    note=note,
-                    also=audited,
-                )
+            await self.admin.adjust(key, direction, account, amount, reason[:200], audit, result_of)
         except LedgerError as exc:
             return self.say("admin_refused", reason=self.refusal_words(exc))
-        balance = await ledger.balance(account)
+        balance = await self.admin.balance(account)
         return self.say(
             "admin_adjusted", user=user_id, available=rub(balance.available, REPLY_LOCALE)
         )
 
-    async def refund(self, command: CommandObject, key: str) -> str:
+    async def refund(self, command: CommandObject, key: str, admin_id: int) -> str:
         (charge_id,) = arguments(command, 1, "admin_usage_refund")
-        return self.say(await self.payments.refund(charge_id.strip(), key))
+        return self.say(await self.admin.refund(charge_id.strip(), key))
 
-    async def promo(self, command: CommandObject, _key: str, admin_id: int) -> str:
+    async def promo(self, command: CommandObject, key: str, admin_id: int) -> str:
         parts = (command.args or "").split()
         if not 3 <= len(parts) <= 4:
             raise Refused("admin_usage_promo")
         code, amount, uses = parse_code(parts[0]), parse_rubles(parts[1]), parse_uses(parts[2])
-        days = parse_days(parts[3]) if len(parts) == 4 else None
-        store = self.payments.store
-        made = await store.create_promo(
+        made = await self.admin.create_promo(
             code=code,
             amount=amount,
-            max_uses=uses,
-            expires_at=store.clock() + timedelta(days=days) if days else None,
-            created_by=admin_id,
+            uses=uses,
+            days=parse_days(parts[3]) if len(parts) == 4 else None,
+            admin_id=admin_id,
         )
         return self.say("admin_promo_made" if made else "admin_promo_exists", code=code)
 
+    def handler(
+        self, command: CommandObject, audit: dict[str, Any]
+    ) -> Callable[[CommandObject, str, int], Awaitable[str]]:
+        if command.command in ("credit", "debit"):
+            return lambda c, k, _admin: self.adjust(c, k, audit)
+        handlers: dict[str, Callable[[CommandObject, str, int], Awaitable[str]]] = {
+            "stats": self.stats,
+            "user": self.user,
+            "refund": self.refund,
+            "promo": self.promo,
+        }
+        return handlers[command.command]
+
+    async def run(self, command: CommandObject, key: str, admin_id: int) -> str:
+        """One command's reply, and its one audit row, whatever happens."""
+        audit = self.admin.audit_row(
+            key=key, admin_id=admin_id, command=command.command, args=command.args or ""
+        )
+        try:
+            result = await self.handler(command, audit)(command, key, admin_id)
+        except Refused as refused:
+            result = self.say(refused.key, **refused.values)
+        await self.admin.audit({**audit, "result": result[:500]})
+        return result
+
 
 def admin_router(
-    services: Services, payments: PaymentsService, admin_ids: frozenset[int]
+    admin: AdminService, text: Callable[[str, str], str], admin_ids: frozenset[int]
 ) -> Router:
     router = Router(name="admin")
     router.message.filter(F.from_user.id.in_(admin_ids))
-    commands = AdminCommands(services, payments)
+    commands = AdminCommands(admin, text)
 
-    async def run(message: Message, command: CommandObject) -> None:
-        """Runs one command: the answer, and its one audit row, whatever happens."""
+    async def on_command(message: Message, command: CommandObject) -> None:
         assert message.from_user is not None
         key = f"adm:{message.chat.id}:{message.message_id}"
-        audit = audit_row(
-            key=key,
-            admin_id=message.from_user.id,
-            command=command.command,
-            args=command.args or "",
-            result="",
-            at=payments.store.clock(),
-        )
-        try:
-            match command.command:
-                case "credit" | "debit":
-                    result = await commands.adjust(command, key, audit)
-                case "promo":
-                    result = await commands.promo(command, key, message.from_user.id)
-                case "stats":
-                    result = await commands.stats(command, key)
-                case "user":
-                    result = await commands.user(command, key)
-                case _:
-                    result = await commands.refund(command, key)
-        except Refused as refused:
-            result = commands.say(refused.key, **refused.values)
-        # Found already when the command's transfer wrote it, or on a redelivery.
-        await payments.store.audit({**audit, "result": result[:500]})
-        await message.answer(result)
+        await message.answer(await commands.run(command, key, message.from_user.id))
 
-    router.message.register(run, Command("stats", "user", "credit", "debit", "refund", "promo"))
+    router.message.register(on_command, Command(*ADMIN_COMMANDS))
     return router

@@ -11,6 +11,11 @@ _STATUS = {
 }
 
 
+RUNNING = "job_status_running"
+# Every key status_key can give.
+STATUS_TEXTS = tuple(sorted({*_STATUS.values(), RUNNING}))
+
+
 def status_key(state: str) -> str:
     """The flows.yaml text key for a job in `state`; every unfinished state is running."""
-    return _STATUS.get(state, "job_status_running")
+    return _STATUS.get(state, RUNNING)

@@ -6,10 +6,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from engine.registry import Registry
+from flows import text_keys
 from flows.account_screens import register_account_screens
 from flows.catalog_menus import register_catalog_menus
 from flows.generate_action import register_generate
-from flows.payments.screens import PROMO_NOTICES, register_payment_screens
+from flows.payments.screens import register_payment_screens
 from pricing.source import CatalogSource, catalog_provider
 
 if TYPE_CHECKING:  # the services (aiogram, the database) are not needed to list names
@@ -42,18 +43,17 @@ def build_registry(
 
 
 def declare_texts(registry: Registry) -> None:
-    """The texts of flows.yaml that the product's Python shows outside a screen, where,
-    and the longest value it fills into each: `trt flows check` holds each to its limit."""
-    for key in ("invoice_sent", "promo_ok", "param_saved", "free_limit", *PROMO_NOTICES.values()):
+    """Every text of flows.yaml that the product's Python asks for by key (flows.text_keys),
+    where it is shown and the longest value it fills into each: `trt flows check` proves
+    each exists and fits, and a key not declared raises (engine.render.MissingText)."""
+    for key in text_keys.NOTICES:
         registry.uses_text(key, "notice")
-    registry.uses_text("result_caption", "caption", model=80)
-    registry.uses_text("result_link", url=1500)
-    registry.uses_text("receipt", amount=32)
-    registry.uses_text("charged_paid", price=32)
-    registry.uses_text("charged_free")
-    registry.uses_text("invoice_description", package=64)
-    for state in ("submitted", "running", "done", "failed"):
-        registry.uses_text(f"progress_{state}", model=80, seconds=6)
+    for key, values in text_keys.CAPTIONS.items():
+        registry.uses_text(key, "caption", **values)
+    for key, values in text_keys.FILLED.items():
+        registry.uses_text(key, "message", **values)
+    for key in text_keys.PLAIN:
+        registry.uses_text(key)
 
 
 def _need(services: Services | None) -> Callable[[], Services]:

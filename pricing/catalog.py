@@ -64,6 +64,11 @@ CATALOG_KINDS = (
 # flows.yaml's menu kinds that differ from the catalog's; "free" lists free models of any kind.
 MENU_KINDS = {"image_edit": "edit"}
 FREE_KIND = "free"
+# Every kind a menu may name: "free" and each catalog kind under its menu name.
+MENU_KIND_NAMES = (
+    FREE_KIND,
+    *({catalog: menu for menu, catalog in MENU_KINDS.items()}.get(k, k) for k in CATALOG_KINDS),
+)
 _NUMBER = re.compile(r"^-?[0-9]+(\.[0-9]+)?$")
 _INT = re.compile(r"^-?[0-9]+$")
 

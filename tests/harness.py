@@ -33,6 +33,7 @@ from kie.fake_server import FakeKie
 from pricing.catalog import Catalog
 from storage.conversation_store import SqlStateStore
 from storage.db import create_engine
+from storage.jobs import JobStore
 from storage.migrate import upgrade_to_head
 from storage.settings import DatabaseSettings
 from trt.app import build_bot
@@ -88,6 +89,11 @@ class Stack:
 
     def chat(self, chat_id: int, language_code: str = "ru") -> Chat:
         return Chat(self, chat_id, language_code)
+
+    @property
+    def jobs(self) -> JobStore:
+        """The job rows as storage keeps them, for arranging and inspecting."""
+        return JobStore(self.product.services.db)
 
 
 class Chat:

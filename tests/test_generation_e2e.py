@@ -136,7 +136,7 @@ async def confirm_update(stack: Stack, user_id: int) -> tuple[dict[str, Any], in
 
 
 async def job_of(stack: Stack, user_id: int) -> JobRecord:
-    jobs = await stack.product.services.jobs.recent(user_id, 5)
+    jobs = await stack.jobs.recent(user_id, 5)
     assert len(jobs) == 1, jobs
     return jobs[0]
 
@@ -152,7 +152,7 @@ async def reach(stack: Stack, user_id: int, *states: str) -> JobRecord:
     """The user's only job, once it is in one of `states`."""
 
     async def there() -> bool:
-        jobs = await stack.product.services.jobs.recent(user_id, 5)
+        jobs = await stack.jobs.recent(user_id, 5)
         return bool(jobs) and jobs[0].state in states
 
     await until(there)
@@ -161,7 +161,7 @@ async def reach(stack: Stack, user_id: int, *states: str) -> JobRecord:
 
 async def final_job(stack: Stack, user_id: int) -> JobRecord:
     async def done() -> bool:
-        jobs = await stack.product.services.jobs.recent(user_id, 5)
+        jobs = await stack.jobs.recent(user_id, 5)
         return bool(jobs) and jobs[0].final
 
     await until(done)
@@ -178,7 +178,7 @@ def calls_to(stack: Stack, chat_id: int, method: str) -> list[Call]:
 
 
 async def events(stack: Stack, job: JobRecord) -> list[str]:
-    return await stack.product.services.jobs.events(job.id)
+    return await stack.jobs.events(job.id)
 
 
 async def make_due(stack: Stack) -> None:
@@ -237,7 +237,7 @@ async def test_the_result_screen_offers_again_and_it_makes_a_second_job(stack: S
     await chat.tap("✅ Создать")
 
     async def two_charged() -> bool:
-        jobs = await stack.product.services.jobs.recent(7, 5)
+        jobs = await stack.jobs.recent(7, 5)
         return len(jobs) == 2 and all(j.state == "charged" for j in jobs)
 
     await until(two_charged)

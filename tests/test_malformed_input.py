@@ -136,7 +136,7 @@ async def running_job(stack: Stack, user_id: int) -> JobRecord:
 
 async def snapshot(stack: Stack, job: JobRecord) -> tuple[Any, ...]:
     """What a callback could change: the job, its history, the user's money."""
-    now = await stack.product.services.jobs.get(job.id)
+    now = await stack.jobs.get(job.id)
     assert now is not None
     money = await available(stack, now.user_id)
     return now.state, now.task_id, now.result_urls, await events(stack, job), money

@@ -66,7 +66,7 @@ async def seed_finished_job(stack: Stack, user_id: int) -> None:
     """A delivered, charged job, so the history screen lists a result to get again."""
     services = stack.product.services
     await services.account(user_id, "ru")
-    job, _ = await services.jobs.create(
+    job, _ = await stack.jobs.create(
         id=f"seed{user_id}",
         key=f"seed:{user_id}",
         user_id=user_id,
@@ -78,11 +78,11 @@ async def seed_finished_job(stack: Stack, user_id: int) -> None:
         request={"input": {"prompt": "seed"}, "title": "Seed", "data": {}},
         price=0,
         callback_secret="s",
-        deadline_at=services.jobs.clock(),
+        deadline_at=stack.jobs.clock(),
     )
     url = f"{stack.kie.base_url}/files/seed.png"
-    await services.jobs.move(job.id, ["created"], "delivered", result_urls=[url])
-    await services.jobs.move(job.id, ["delivered"], "charged")
+    await stack.jobs.move(job.id, ["created"], "delivered", result_urls=[url])
+    await stack.jobs.move(job.id, ["delivered"], "charged")
 
 
 @contextlib.asynccontextmanager

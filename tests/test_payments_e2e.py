@@ -348,7 +348,7 @@ async def test_admin_commands_and_audit(stack: Stack) -> None:
 async def test_admin_replies_in_russian_say_no_english_words(stack: Stack) -> None:
     """Job states in the reply's words, amounts with a decimal comma; only ids stay."""
     await stack.chat(51).send("/start")
-    jobs = stack.product.services.jobs
+    jobs = stack.jobs
     for n, final in enumerate(["rejected", None]):
         job, _ = await jobs.create(
             id=f"job{n}", key=f"k{n}", user_id=51, chat_id=51, locale="ru",

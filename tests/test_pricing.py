@@ -23,10 +23,10 @@ from engine.registry import Context
 from flows.registry import build_registry
 from pricing.calculator import NoPrice
 from pricing.catalog import DEFAULT_PATH, Catalog, CatalogError, Model, load_catalog, parse_catalog
-from pricing.check import menu_kinds
 from pricing.money import format_rub, rub, to_kopecks
 from pricing.source import CatalogSource
 from trt.cli import main
+from trt.pricing_menus import menu_kinds
 from trt.settings import Settings
 
 CATALOG = load_catalog()

@@ -118,7 +118,7 @@ def jobs_graph(args: argparse.Namespace) -> int:
 
 def pricing_check(args: argparse.Namespace) -> int:
     from pricing.catalog import DEFAULT_PATH
-    from pricing.check import check_file
+    from trt.pricing_menus import check_file
 
     args.file = args.file or DEFAULT_PATH
     report = check_file(args.file, args.flows)

@@ -21,11 +21,14 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from engine.checker import load_checked
+from engine.outbox import Outbox
 from engine.runtime import FlowEngine
 from engine.store import MemoryStore, StateStore
 from flows.admin import admin_router
+from flows.admin_service import AdminService
 from flows.generation.callbacks import add_kie_callbacks
 from flows.generation.media_links import MediaLinks, add_media_route
+from flows.generation.notices import JobNotices
 from flows.generation.service import GenerationService
 from flows.generation.settings import GenerationSettings
 from flows.payments.growth import FirstContact
@@ -40,11 +43,14 @@ from pricing.source import CatalogSource
 from pricing.topups import load_packages
 from storage.conversation_store import SqlStateStore
 from storage.db import create_engine
+from storage.jobs import JobStore
+from storage.ledger import Ledger
 from storage.payments import PaymentStore
 from storage.settings import DatabaseSettings
+from storage.users import ensure_user
 from trt.app import build_dispatcher
 from trt.flood import FloodLimits
-from trt.observability.jobs import ObservedGeneration
+from trt.observability.jobs import CorrelatedJobs, JobScopes, TimedKie
 from trt.observability.store import CorrelatedStore
 from trt.settings import Settings
 from trt.wiring import ServiceRoutes, add_service_routes, instrument, prices_loaded, retry_later
@@ -76,34 +82,44 @@ def build_product(
     payment_settings: PaymentSettings | None = None,
     flood: FloodLimits | None = None,
 ) -> Product:
-    services = Services.on(db)
-    base = settings.public_base_url
-    links = MediaLinks(base, media_secret) if base else None
+    """The object graph, once, top-down: each part is built from parts built before it.
+    The services show screens through the Outbox, which the engine, built last from the
+    registry that holds the services' actions, serves."""
+    outbox = Outbox()
     pay = payment_settings or PaymentSettings()
-    prices = catalog if catalog is not None else CatalogSource()
-    registry = build_registry(prices, services, links.url if links else None)
-    engine = FlowEngine(load_checked(flows_path, registry), registry, CorrelatedStore(store))
+    ledger = Ledger(db)
+    jobs = CorrelatedJobs(JobStore(db))
+    payment_store = PaymentStore(db)
+
+    async def account(user_id: int, locale: str) -> int:
+        return await ensure_user(db, user_id, language=locale)
+
     payments = PaymentsService(
-        store=PaymentStore(db),
-        ledger=services.ledger,
+        store=payment_store,
+        ledger=ledger,
         bot=bot,
-        screens=engine,
-        text=engine.renderer.product_text,
+        notifier=outbox,
         settings=pay,
         packages=load_packages(with_rub=pay.payment_provider_token is not None),
-        account=services.account,
+        account=account,
     )
-    services.attach_payments(payments)
-    generation = ObservedGeneration(
-        jobs=services.jobs,
-        ledger=services.ledger,
-        kie=kie,
+    generation = GenerationService(
+        jobs=jobs,
+        ledger=ledger,
+        kie=TimedKie(kie),
         bot=bot,
-        screens=engine,
-        text=engine.renderer.product_text,
+        notices=JobNotices(bot=bot, notifier=outbox, jobs=jobs, clock=payment_store.clock),
         settings=settings,
+        hooks=JobScopes(),
     )
-    services.attach_generation(generation)
+    admin = AdminService(db=db, ledger=ledger, jobs=jobs, store=payment_store, payments=payments)
+    services = Services(db, ledger, jobs, generation, payments, admin)
+    links = MediaLinks(settings.public_base_url, media_secret) if settings.public_base_url else None
+    prices = catalog if catalog is not None else CatalogSource()
+    registry = build_registry(prices, services, links.url if links else None)
+    engine = FlowEngine(
+        load_checked(flows_path, registry), registry, CorrelatedStore(store), outbox=outbox
+    )
 
     def locale_of(code: str | None) -> str:
         return engine.locale_of(User(id=0, is_bot=False, first_name="-", language_code=code))
@@ -111,12 +127,12 @@ def build_product(
     dispatcher = build_dispatcher(
         engine,
         [
-            admin_router(services, payments, pay.admin_ids),
+            admin_router(admin, engine.text, pay.admin_ids),
             payments_router(payments, locale_of, pay.pre_checkout_budget_s),
         ],
         retry_later=retry_later,
     )
-    dispatcher.message.outer_middleware(FirstContact(services.ledger, pay.welcome_bonus))
+    dispatcher.message.outer_middleware(FirstContact(ledger, pay.welcome_bonus))
     instrument(bot, dispatcher, engine, db, flood, pay.admin_ids)
     return Product(
         bot, dispatcher, engine, services, generation, payments, kie, links, prices=prices

@@ -10,8 +10,10 @@ if TYPE_CHECKING:
     from engine.registry import Context
     from pricing.catalog import Catalog
 
+# The conversation keys the prompt and image steps of flows.yaml store into.
+PROMPT_KEY, IMAGE_KEY = "prompt", "image"
 # The conversation data a job keeps, so "again" can show the same order.
-ORDER_KEYS = ("kind", "model", "params", "prompt", "image")
+ORDER_KEYS = ("kind", "model", "params", PROMPT_KEY, IMAGE_KEY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,10 +39,10 @@ def build_request(
     raw_params = ctx.data.get("params")
     chosen = model.chosen(dict(raw_params) if isinstance(raw_params, dict) else {})
     price = model.price_kopecks(chosen)  # 0 for free models; NoPrice (a LookupError) if none
-    prompt = str(ctx.data.get("prompt", ""))
+    prompt = str(ctx.data.get(PROMPT_KEY, ""))
     if not model.prompt.accepts(prompt):
         raise LookupError(f"the prompt's length does not suit {model.id}")
-    image = ctx.data.get("image")
+    image = ctx.data.get(IMAGE_KEY)
     urls: list[str] = []
     if model.needs_image:
         if not isinstance(image, dict) or "file_id" not in image:

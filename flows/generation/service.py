@@ -26,7 +26,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from aiogram import Bot
 from aiogram.exceptions import (
@@ -38,15 +38,15 @@ from aiogram.exceptions import (
 
 from flows.generation.delivery import deliver_result
 from flows.generation.lifecycle import ACTIVE, LIFECYCLE, UNFINISHED
+from flows.generation.notices import JobNotices
+from flows.generation.ports import Jobs, Kie, NoHooks, StepHooks
 from flows.generation.request import GenerationRequest
 from flows.generation.safe_fetch import ResultFetcher
 from flows.generation.settings import GenerationSettings
-from kie.client import KieClient
 from kie.errors import CreateOutcomeUnknown, KieError, NotFound
 from kie.task import TaskInfo
-from pricing.money import rub
 from storage.errors import is_unavailable
-from storage.jobs import JobRecord, JobStore
+from storage.jobs import JobRecord
 from storage.ledger import HoldExpired, HoldNotPending, InsufficientFunds, Ledger, UnknownHold
 from storage.users import ensure_user
 
@@ -57,14 +57,6 @@ GRACE = timedelta(seconds=60)
 # Sending a result may use this much of the delivery lease; a sender still busy then
 # stops, and the job waits for its lease to run out before another sender takes over.
 SENDING_SHARE_OF_LEASE = 0.8
-
-
-class Pusher(Protocol):
-    """The engine's way to show a screen outside an update (FlowEngine.push)."""
-
-    async def push(
-        self, bot: Bot, chat_id: int, user_id: int, state: str, data: dict[str, Any] | None = None
-    ) -> None: ...
 
 
 # What a tap on Generate came to; "rejected": an earlier delivery's job was refused.
@@ -85,22 +77,24 @@ class GenerationService:
     def __init__(
         self,
         *,
-        jobs: JobStore,
+        jobs: Jobs,
         ledger: Ledger,
-        kie: KieClient,
+        kie: Kie,
         bot: Bot,
-        screens: Pusher,
-        text: Callable[[str, str], str],
+        notices: JobNotices,
         settings: GenerationSettings,
+        hooks: StepHooks | None = None,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
+        """`notices` puts what happens into words for the user; `hooks` watch each step
+        and callback (trt.observability.jobs binds the job's ids to the log there)."""
         self.jobs = jobs
         self.ledger = ledger
         self.kie = kie
         self.bot = bot
-        self.screens = screens
-        self.text = text
+        self.notices = notices
         self.settings = settings
+        self.hooks = hooks or NoHooks()
         self.clock = clock or (lambda: datetime.now(UTC))
         # Downloads results Telegram refuses by URL: public addresses and RESULT_FETCH_ALLOW.
         self.fetcher = ResultFetcher(settings.fetch_policy)
@@ -191,10 +185,11 @@ class GenerationService:
 
     async def advance(self, job_id: str) -> None:
         """Takes the job as far as it can go now; safe to call any number of times."""
-        try:
-            await self._advance(job_id)
-        except Exception:
-            log.exception("job %s: step failed; the poller will retry", job_id)
+        with self.hooks.step(job_id):
+            try:
+                await self._advance(job_id)
+            except Exception:
+                log.exception("job %s: step failed; the poller will retry", job_id)
 
     async def _advance(self, job_id: str) -> None:
         job = await self.jobs.get(job_id)
@@ -235,7 +230,7 @@ class GenerationService:
             return
         submitted = await self._accept(sending, task_id)
         if submitted is not None:
-            await self._progress(submitted)
+            await self.notices.progress(submitted)
 
     async def _accept(self, sending: JobRecord, task_id: str) -> JobRecord | None:
         """Stores the task id KIE answered. Only this process knows it (KIE's callback,
@@ -306,7 +301,7 @@ class GenerationService:
                 running = await self._move(job, "progress")
                 job = running or job
             await self._later(job)
-            await self._progress(job)
+            await self.notices.progress(job)
 
     async def _later(self, job: JobRecord) -> None:
         """Schedules the next poll with back-off; callbacks usually arrive first."""
@@ -335,9 +330,7 @@ class GenerationService:
         claimed = await self._move(job, trigger, next_check_at=self.clock() + lease)
         if claimed is None:
             return
-        title = str(job.request.get("title", job.model_id))
-        caption = self.text("result_caption", job.locale).format(model=title)
-        link = self.text("result_link", job.locale)
+        words = self.notices.result_words(job)
         try:
             async with asyncio.timeout(lease.total_seconds() * SENDING_SHARE_OF_LEASE):
                 await deliver_result(
@@ -345,8 +338,8 @@ class GenerationService:
                     job.chat_id,
                     job.kind,
                     job.result_urls,
-                    caption,
-                    link,
+                    words.caption,
+                    words.link,
                     fetcher=self.fetcher,
                 )
         except (TelegramNetworkError, TelegramServerError, TelegramRetryAfter) as exc:
@@ -362,13 +355,7 @@ class GenerationService:
         delivered = await self._move(claimed, "deliver", next_check_at=self.clock() + GRACE)
         if delivered is None:
             return
-        await self._progress(delivered, "progress_done")
-        charge = (
-            self.text("charged_free", job.locale)
-            if job.price == 0
-            else self.text("charged_paid", job.locale).format(price=rub(job.price, job.locale))
-        )
-        await self._show(delivered, "job_result", {"job_model": title, "job_charge": charge})
+        await self.notices.delivered(delivered)
         await self._charge(delivered)
 
     async def _charge(self, job: JobRecord) -> None:
@@ -403,16 +390,7 @@ class GenerationService:
                 await self.ledger.void(f"void:{job.id}", job.hold_id)
         released = await self._move(job, "release")
         if released is not None:
-            await self._progress(released, "progress_failed")
-            reason_key = "job_timeout" if (job.error or "") == "timeout" else "job_failed_reason"
-            await self._show(
-                released,
-                "job_failed",
-                {
-                    "job_model": str(job.request.get("title", job.model_id)),
-                    "job_reason": self.text(reason_key, job.locale),
-                },
-            )
+            await self.notices.released(released)
 
     async def _move(
         self, job: JobRecord, trigger: str, *, detail: str | None = None, **changes: Any
@@ -427,36 +405,16 @@ class GenerationService:
             job.id, move.sources, move.dest, detail=detail, due_by=move.due_by, **changes
         )
 
-    async def _show(self, job: JobRecord, state: str, extra: dict[str, Any]) -> None:
-        data = {**dict(job.request.get("data") or {}), **extra}
-        try:
-            await self.screens.push(self.bot, job.chat_id, job.user_id, state, data)
-        except TelegramAPIError as exc:
-            log.warning("job %s: could not show %s: %s", job.id, state, exc)
-
-    async def _progress(self, job: JobRecord, key: str | None = None) -> None:
-        """One message per job, edited as it moves: the user never waits in silence."""
-        title = str(job.request.get("title", job.model_id))
-        elapsed = int((self.clock() - job.created_at).total_seconds())
-        text = self.text(key or f"progress_{job.state}", job.locale)
-        text = text.format(model=title, seconds=elapsed)
-        try:
-            if job.progress_message_id is None:
-                if key is not None:
-                    return  # finished before any progress was shown: the result says it all
-                sent = await self.bot.send_message(job.chat_id, text)
-                await self.jobs.update(job.id, progress_message_id=sent.message_id)
-            else:
-                await self.bot.edit_message_text(
-                    text, chat_id=job.chat_id, message_id=job.progress_message_id
-                )
-        except TelegramAPIError as exc:
-            log.info("job %s: progress not shown: %s", job.id, exc)
-
     # ------------------------------------------------------------ callbacks, poller, recovery
 
     async def on_callback(self, job_id: str, secret: str, info: TaskInfo) -> bool:
         """A KIE callback; False (and nothing changed) unless it is for this job (S10)."""
+        with self.hooks.callback(job_id):
+            accepted = await self._on_callback(job_id, secret, info)
+            self.hooks.callback_handled(job_id, info.task_id, accepted)
+            return accepted
+
+    async def _on_callback(self, job_id: str, secret: str, info: TaskInfo) -> bool:
         job = await self.jobs.get(job_id)
         if job is None or not hmac.compare_digest(job.callback_secret, secret):
             return False

@@ -14,6 +14,7 @@ from aiogram import F, Router
 from aiogram.types import Message, PreCheckoutQuery
 
 from flows.payments.service import PaymentsService
+from flows.text_keys import PreCheckoutRefusal
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ def payments_router(
     @router.pre_checkout_query()
     async def pre_checkout(query: PreCheckoutQuery) -> None:
         locale = locale_of(query.from_user.language_code)
+        refusal: PreCheckoutRefusal | None
         try:
             async with asyncio.timeout(budget_s):
                 refusal = await payments.check(

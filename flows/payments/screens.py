@@ -7,13 +7,12 @@ from typing import TYPE_CHECKING
 
 from engine.registry import Context, Option, Outcome, Registry
 from flows.payments.referral import referral_link
+from flows.text_keys import PROMO_NOTICES
 from pricing.money import rub
 
 if TYPE_CHECKING:
     from flows.payments.service import PaymentsService
     from flows.services import Services
-
-PROMO_NOTICES = {"unknown": "promo_unknown", "used": "promo_used", "exhausted": "promo_exhausted"}
 
 
 def register_payment_screens(registry: Registry, services: Callable[[], Services]) -> None:

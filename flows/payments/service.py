@@ -20,7 +20,6 @@ import html
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Literal
 
 from aiogram import Bot
 from aiogram.exceptions import (
@@ -31,8 +30,9 @@ from aiogram.exceptions import (
 )
 from aiogram.types import LabeledPrice
 
-from flows.generation.service import Pusher
+from engine.outbox import Notifier
 from flows.payments.settings import PaymentSettings
+from flows.text_keys import PreCheckoutRefusal, RefundResult
 from pricing.money import rub
 from pricing.topups import STARS, Package
 from storage.ledger import HoldNotPending, InsufficientFunds, Ledger
@@ -57,17 +57,6 @@ def order_id(key: str) -> str:
     return hashlib.sha256(f"order:{key}".encode()).hexdigest()[:24]
 
 
-# A refund's result, each the key of the admin's reply in flows.yaml's texts.
-RefundResult = Literal[
-    "refund_done",
-    "refund_again",
-    "refund_unknown",
-    "refund_spent",
-    "refund_not_stars",
-    "refund_failed",
-]
-
-
 class PaymentsService:
     def __init__(
         self,
@@ -75,8 +64,7 @@ class PaymentsService:
         store: PaymentStore,
         ledger: Ledger,
         bot: Bot,
-        screens: Pusher,
-        text: Callable[[str, str], str],
+        notifier: Notifier,
         settings: PaymentSettings,
         packages: list[Package],
         account: Callable[[int, str], Awaitable[int]],
@@ -84,8 +72,8 @@ class PaymentsService:
         self.store = store
         self.ledger = ledger
         self.bot = bot
-        self.screens = screens
-        self.text = text
+        self.notifier = notifier
+        self.text = notifier.text
         self.settings = settings
         self.packages = {p.id: p for p in packages}
         self.account = account
@@ -123,7 +111,9 @@ class PaymentsService:
             ),
         )
 
-    async def check(self, user_id: int, payload: str, currency: str, amount: int) -> str | None:
+    async def check(
+        self, user_id: int, payload: str, currency: str, amount: int
+    ) -> PreCheckoutRefusal | None:
         """None when the payment may go ahead; else the key of the refusal text."""
         order = await self.store.order(payload)
         if order is None or order.user_id != user_id:
@@ -178,7 +168,7 @@ class PaymentsService:
         receipt = self.text("receipt", locale).format(amount=rub(payment.credit, locale))
         await self.bot.send_message(chat_id, receipt)
         await self.store.mark_receipt_sent(charge_id)
-        await self.screens.push(self.bot, chat_id, user_id, "balance", {})
+        await self.notifier.push(self.bot, chat_id, user_id, "balance", {})
 
     async def _orphan(
         self,

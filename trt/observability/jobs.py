@@ -1,8 +1,9 @@
 """Generation jobs made visible: ids on every line of a job, metrics for jobs and KIE.
 
 The generation service is the product's; this module observes it from the
-outside, through the two things it is given (its job store and its KIE
-client) and its two entry points (a step, a KIE callback):
+outside: it wraps the two things the service is given (its job store and its
+KIE client, each a Protocol of flows.generation.ports) and is the service's
+StepHooks around its two entry points (a step, a KIE callback):
 
 - every job read or moved binds the job's ids (job_id, user_id, chat_id,
   job_state) to the log context, so the lines of a step, of the KIE call
@@ -17,13 +18,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
+from contextlib import AbstractContextManager
+from datetime import datetime
 from typing import Any, TypeVar
 
-from flows.generation.service import GenerationService
-from kie.client import KieClient
+from flows.generation.ports import Jobs, Kie
 from kie.task import TaskInfo
-from storage.jobs import JobRecord, JobStore
+from storage.jobs import JobRecord
 from trt.observability.context import bind, scope
 from trt.observability.metrics import JOB_TRANSITIONS, KIE_ERRORS, KIE_SECONDS
 
@@ -36,14 +38,14 @@ def _bind(job: JobRecord) -> None:
     bind(job_id=job.id, user_id=job.user_id, chat_id=job.chat_id, job_state=job.state)
 
 
-class CorrelatedJobStore(JobStore):
-    """The service's job store, on the same engine and clock, binding ids as it goes."""
+class CorrelatedJobs:
+    """The service's job store, binding each job's ids as it reads or moves one."""
 
-    def __init__(self, inner: JobStore) -> None:
-        super().__init__(inner.engine, inner.clock)
+    def __init__(self, inner: Jobs) -> None:
+        self.inner = inner
 
     async def create(self, **values: Any) -> tuple[JobRecord, bool]:
-        job, created = await super().create(**values)
+        job, created = await self.inner.create(**values)
         _bind(job)
         if created:
             JOB_TRANSITIONS.labels("created").inc()
@@ -51,7 +53,7 @@ class CorrelatedJobStore(JobStore):
         return job, created
 
     async def get(self, job_id: str) -> JobRecord | None:
-        job = await super().get(job_id)
+        job = await self.inner.get(job_id)
         if job is not None:
             _bind(job)
         return job
@@ -59,48 +61,57 @@ class CorrelatedJobStore(JobStore):
     async def move(
         self,
         job_id: str,
-        expected: Any,
+        expected: Iterable[str],
         to: str,
         *,
         detail: str | None = None,
+        due_by: datetime | None = None,
         **changes: Any,
     ) -> JobRecord | None:
-        moved = await super().move(job_id, expected, to, detail=detail, **changes)
+        moved = await self.inner.move(job_id, expected, to, detail=detail, due_by=due_by, **changes)
         if moved is not None:
             _bind(moved)
             JOB_TRANSITIONS.labels(to).inc()
             log.info("job moved to %s", to, extra={"detail": detail} if detail else None)
         return moved
 
+    async def update(self, job_id: str, **changes: Any) -> None:
+        await self.inner.update(job_id, **changes)
 
-class TimedKie(KieClient):
-    """Stands in for the service's KIE client: same calls, each one timed and counted.
+    async def due(self, states: Iterable[str], limit: int = 100) -> list[JobRecord]:
+        return await self.inner.due(states, limit)
 
-    A subclass only so that it type-checks where a KieClient is expected; it holds
-    no session of its own and hands every call to the real client.
-    """
+    async def recent(self, user_id: int, limit: int = 10) -> list[JobRecord]:
+        return await self.inner.recent(user_id, limit)
 
-    def __init__(self, inner: KieClient) -> None:  # no super().__init__: nothing of its own
-        self._inner = inner
+    async def count_free_since(self, user_id: int, since: datetime) -> int:
+        return await self.inner.count_free_since(user_id, since)
+
+
+class TimedKie:
+    """The service's KIE client: same calls, each one timed and its failures counted."""
+
+    def __init__(self, inner: Kie) -> None:
+        self.inner = inner
 
     def __repr__(self) -> str:
-        return f"TimedKie({self._inner!r})"
+        return f"TimedKie({self.inner!r})"
 
     async def close(self) -> None:
-        await self._inner.close()
+        await self.inner.close()
 
     async def create_task(self, model: str, input: dict[str, Any], callback_url: str | None) -> str:
         task_id = await self._timed(
-            "create_task", self._inner.create_task(model, input, callback_url)
+            "create_task", self.inner.create_task(model, input, callback_url)
         )
         log.info("KIE task created", extra={"task_id": task_id, "kie_model": model})
         return task_id
 
     async def record_info(self, task_id: str) -> TaskInfo:
-        return await self._timed("record_info", self._inner.record_info(task_id))
+        return await self._timed("record_info", self.inner.record_info(task_id))
 
     async def credits(self) -> float:
-        return await self._timed("credits", self._inner.credits())
+        return await self._timed("credits", self.inner.credits())
 
     @staticmethod
     async def _timed(operation: str, call: Awaitable[_T]) -> _T:
@@ -115,23 +126,16 @@ class TimedKie(KieClient):
             KIE_SECONDS.labels(operation).observe(time.perf_counter() - started)
 
 
-class ObservedGeneration(GenerationService):
-    """The generation service with its store and KIE client observed, and each step and
-    callback in a correlation scope of its own."""
+class JobScopes:
+    """The service's StepHooks: each step and callback in a correlation scope of its own."""
 
-    def __init__(self, *, jobs: JobStore, kie: KieClient, **rest: Any) -> None:
-        super().__init__(jobs=CorrelatedJobStore(jobs), kie=TimedKie(kie), **rest)
+    def step(self, job_id: str) -> AbstractContextManager[object]:
+        return scope(job_id=job_id)
 
-    async def advance(self, job_id: str) -> None:
-        with scope(job_id=job_id):
-            await super().advance(job_id)
+    def callback(self, job_id: str) -> AbstractContextManager[object]:
+        return scope(job_id=job_id)
 
-    async def on_callback(self, job_id: str, secret: str, info: TaskInfo) -> bool:
-        with scope(job_id=job_id):
-            accepted = await super().on_callback(job_id, secret, info)
-            log.info(
-                "KIE callback %s",
-                "accepted" if accepted else "refused",
-                extra={"task_id": info.task_id},
-            )
-            return accepted
+    def callback_handled(self, job_id: str, task_id: str, accepted: bool) -> None:
+        log.info(
+            "KIE callback %s", "accepted" if accepted else "refused", extra={"task_id": task_id}
+        )
