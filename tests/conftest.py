@@ -27,6 +27,7 @@ from sqlalchemy.pool import NullPool
 from storage.db import create_engine
 from storage.migrate import upgrade_to_head
 from storage.settings import DatabaseSettings
+from tests.harness import migrated_sqlite
 
 _T = TypeVar("_T")
 
@@ -88,9 +89,10 @@ def _fresh_sqlite_url(tmp_path: Path) -> str:
     return f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}"
 
 
-def _fresh_postgres_url(admin: URL) -> Iterator[str]:
+def _fresh_postgres_url(admin: URL, template: str | None = None) -> Iterator[str]:
     name = f"trt_test_{uuid.uuid4().hex[:16]}"
-    run_on_own_loop(lambda: _admin(admin, f'CREATE DATABASE "{name}"'))
+    like = f' TEMPLATE "{template}"' if template else ""
+    run_on_own_loop(lambda: _admin(admin, f'CREATE DATABASE "{name}"{like}'))
     try:
         yield admin.set(database=name).render_as_string(hide_password=False)
     finally:
@@ -107,11 +109,25 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     yield from _fresh_postgres_url(request.getfixturevalue("postgres_admin_url"))
 
 
-@pytest.fixture
-def migrated_database_url(database_url: str) -> str:
-    """`database_url`, upgraded to the latest migration."""
-    upgrade_to_head(database_url)
-    return database_url
+@pytest.fixture(scope="session")
+def postgres_template(postgres_admin_url: URL) -> Iterator[str]:
+    """A database migrated once per test process, which each test's database copies
+    (CREATE DATABASE ... TEMPLATE): the migrations run in test_migrations.py, not
+    before every test."""
+    url = next(gen := _fresh_postgres_url(postgres_admin_url))
+    upgrade_to_head(url)
+    yield make_url(url).database or ""
+    next(gen, None)
+
+
+@pytest.fixture(params=DATABASES)
+def migrated_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database of its own for this test, at the latest migration."""
+    if request.param == "sqlite":
+        yield migrated_sqlite(tmp_path / "bot.db")
+        return
+    admin = request.getfixturevalue("postgres_admin_url")
+    yield from _fresh_postgres_url(admin, request.getfixturevalue("postgres_template"))
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import re
 import socket
+import sqlite3
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -61,6 +62,23 @@ class Screen:
             if text == label:
                 return data
         raise AssertionError(f"no button {label!r} on screen: {[t for t, _ in self.flat()]}")
+
+
+_sqlite_template: Path | None = None
+
+
+def migrated_sqlite(path: Path) -> str:
+    """The URL of a migrated SQLite database at `path`: a copy of one this process
+    migrated once (the migrations themselves are tested in test_migrations.py)."""
+    global _sqlite_template
+    if _sqlite_template is None:
+        template = Path(tempfile.mkdtemp(prefix="trt-template-")) / "migrated.db"
+        upgrade_to_head(f"sqlite+aiosqlite:///{template}")
+        _sqlite_template = template
+    # The backup API copies a consistent database whatever its journal mode.
+    with sqlite3.connect(_sqlite_template) as source, sqlite3.connect(path) as target:
+        source.backup(target)
+    return f"sqlite+aiosqlite:///{path}"
 
 
 class Stack:
@@ -236,8 +254,7 @@ async def running_stack(
             kie = await exits.enter_async_context(FakeKie(default=Behaviour(run_s=0.05)))
         if db_url is None:
             tmp = exits.enter_context(tempfile.TemporaryDirectory())
-            db_url = f"sqlite+aiosqlite:///{tmp}/bot.db"
-            await asyncio.to_thread(upgrade_to_head, db_url)
+            db_url = await asyncio.to_thread(migrated_sqlite, Path(tmp) / "bot.db")
         db = create_engine(DatabaseSettings(database_url=db_url))
         exits.push_async_callback(db.dispose)
         sock = socket.socket()

@@ -387,7 +387,7 @@ async def test_lock_conflict_mid_transfer_is_retried_without_partial_entries(
 POOL = 20  # more than storage.ledger.ATTEMPTS
 
 
-@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("migrated_database_url", ["postgresql"], indirect=True)
 async def test_connections_the_server_dropped_are_replaced_and_the_call_applies_once(
     migrated_database_url: str, postgres_admin_url: URL, clock: Clock
 ) -> None:
