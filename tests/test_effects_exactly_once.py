@@ -303,7 +303,7 @@ async def test_a_balance_screen_telegram_did_not_take_does_not_repeat_the_receip
     update = stack.api.make_successful_payment_update(
         50, 50, params["payload"], "XTR", 100, charge_id="charge-50"
     )
-    screens = stack.product.payments.screens
+    screens = stack.product.payments.notifier
     real = screens.push
 
     async def failing_once(*args: Any, **kwargs: Any) -> None:

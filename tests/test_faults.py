@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -27,8 +28,9 @@ from tests.faults.campaign import Report, describe, pick, run_one, wind_down
 from tests.faults.database import Database, create_postgres, create_sqlite, drop_postgres
 from tests.faults.world import World, open_world
 
-# One `trt serve` per database for the module: starting it costs seconds.
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+# One `trt serve` per database for the module: starting it costs seconds. One worker
+# runs them all (pytest-xdist's loadgroup), so each world starts once.
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.xdist_group("faults")]
 _numbers = itertools.count(1)
 
 
@@ -59,32 +61,22 @@ CASES = [
     # The answer taken, then the screen's edit failed: the redelivery does not answer again.
     ("nav.screen", "tg_5xx", 3, None),
 ]
-DATABASES = ("sqlite", "postgresql")
 
 
-def _runs() -> list[object]:
-    """Each case on each database where its fault applies (a write gate is PostgreSQL's)."""
+def _cases(db: str) -> list[object]:
+    """The cases whose fault applies on `db` (a write gate is PostgreSQL's)."""
     return [
-        pytest.param(db, *case, id=f"{db}-{case[0]}-{case[1]}")
-        for db in DATABASES
+        pytest.param(*case, id=f"{case[0]}-{case[1]}")
         for case in CASES
         if pick(db, case[0], case[1], case[2]) is not None
     ]
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def world(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[World]:
-    """A fresh migrated database, the fakes and `trt serve` on it, for this module."""
-    workdir = Path(tmp_path_factory.mktemp(f"faults-{request.param}"))
-    admin: URL | None = None
-    if request.param == "postgresql":
-        admin = request.getfixturevalue("postgres_admin_url")
-        assert admin is not None
-        url = await create_postgres(admin)
-    else:
-        url = await create_sqlite(workdir)
+@asynccontextmanager
+async def _world(workdir: Path, admin: URL | None) -> AsyncIterator[World]:
+    """A fresh migrated database, the fakes and `trt serve` on it, until the module ends;
+    then the service winds down and the checks of the whole module's runs must hold."""
+    url = await create_postgres(admin) if admin is not None else await create_sqlite(workdir)
     db = Database(url)
     try:
         with (workdir / "trt-serve.log").open("w", encoding="utf-8") as log:
@@ -99,10 +91,24 @@ async def world(
             await drop_postgres(admin, url)
 
 
-@pytest.mark.parametrize(
-    ("world", "point", "fault", "path", "finding"), _runs(), indirect=["world"]
-)
-async def test_fault(world: World, point: str, fault: str, path: int, finding: str | None) -> None:
+# One world per database for the module (its own fixture: a world parametrized along
+# with the cases would be set up again for every case).
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def sqlite_world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
+    async with _world(tmp_path_factory.mktemp("faults-sqlite"), None) as world:
+        yield world
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def postgresql_world(
+    tmp_path_factory: pytest.TempPathFactory, postgres_admin_url: URL
+) -> AsyncIterator[World]:
+    workdir = tmp_path_factory.mktemp("faults-postgresql")
+    async with _world(workdir, postgres_admin_url) as world:
+        yield world
+
+
+async def _strikes(world: World, point: str, fault: str, path: int, finding: str | None) -> None:
     """The fault strikes at the point and every check holds afterwards. A case with a
     `finding` is a known defect: it must still fail for exactly that reason (xfail), and
     fails outright once fixed, so that it moves up to the passing cases."""
@@ -117,3 +123,17 @@ async def test_fault(world: World, point: str, fault: str, path: int, finding: s
     assert [f for f in failures if finding not in f] == [], describe(outcome)
     assert failures, f"fixed? {finding!r} no longer happens: make it a passing case"
     pytest.xfail(f"campaign finding: {failures[0]}")
+
+
+@pytest.mark.parametrize(("point", "fault", "path", "finding"), _cases("sqlite"))
+async def test_fault_on_sqlite(
+    sqlite_world: World, point: str, fault: str, path: int, finding: str | None
+) -> None:
+    await _strikes(sqlite_world, point, fault, path, finding)
+
+
+@pytest.mark.parametrize(("point", "fault", "path", "finding"), _cases("postgresql"))
+async def test_fault_on_postgresql(
+    postgresql_world: World, point: str, fault: str, path: int, finding: str | None
+) -> None:
+    await _strikes(postgresql_world, point, fault, path, finding)
