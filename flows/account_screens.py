@@ -13,6 +13,7 @@ from engine.registry import Context, Option, Outcome, Registry
 from flows.job_words import status_key
 from flows.text_keys import MOVEMENT_REASONS
 from pricing.money import rub
+from storage.job_states import JobState
 
 if TYPE_CHECKING:  # at run time only the services need them: `trt flows check` stays light
     from flows.services import Services
@@ -75,7 +76,7 @@ def register_account_screens(registry: Registry, services: Callable[[], Services
         return [
             Option(job.id, f"📥 {_title(job)} · {job.created_at.strftime('%d.%m %H:%M')}")
             for job in jobs
-            if job.state in ("charged", "lost") and job.result_urls
+            if job.state in (JobState.CHARGED, JobState.LOST) and job.result_urls
         ]
 
     @registry.action("resend")

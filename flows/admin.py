@@ -30,6 +30,7 @@ from flows.job_words import status_key
 from flows.text_keys import ADMIN_COMMANDS, LEDGER_WORDS
 from pricing.catalog import rub_to_kopecks
 from pricing.money import rub
+from storage.job_states import JobState
 from storage.ledger import LedgerError, TransferRecord
 from storage.ledger_values import Refusal
 
@@ -122,8 +123,9 @@ class AdminCommands:
         """A reply in Telegram HTML, as every text of flows.yaml: values are escaped."""
         return self.text(key, REPLY_LOCALE).format(**{k: escape(str(v)) for k, v in values.items()})
 
-    def status(self, state: str) -> str:
-        return self.text(status_key(state), REPLY_LOCALE)
+    def status(self, state: JobState | str) -> str:
+        """A job's state in words; a state read by name (the stats) is checked here."""
+        return self.text(status_key(JobState(state)), REPLY_LOCALE)
 
     def refusal_words(self, exc: LedgerError) -> str:
         """The ledger's refusal in the reply's language where flows.yaml has words for it,

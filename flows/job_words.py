@@ -3,11 +3,13 @@ replies share, so that no reply shows the lifecycle's internal names (`charged`)
 
 from __future__ import annotations
 
+from storage.job_states import JobState
+
 _STATUS = {
-    "charged": "job_status_done",
-    "lost": "job_status_done",
-    "released": "job_status_failed",
-    "rejected": "job_status_rejected",
+    JobState.CHARGED: "job_status_done",
+    JobState.LOST: "job_status_done",
+    JobState.RELEASED: "job_status_failed",
+    JobState.REJECTED: "job_status_rejected",
 }
 
 
@@ -16,6 +18,6 @@ RUNNING = "job_status_running"
 STATUS_TEXTS = tuple(sorted({*_STATUS.values(), RUNNING}))
 
 
-def status_key(state: str) -> str:
+def status_key(state: JobState) -> str:
     """The flows.yaml text key for a job in `state`; every unfinished state is running."""
     return _STATUS.get(state, RUNNING)

@@ -16,6 +16,7 @@ from typing import Literal, get_args
 
 from flows.job_words import STATUS_TEXTS
 from pricing.catalog import MENU_KIND_NAMES
+from storage.job_states import JobState
 
 # Why a pre-checkout query is refused.
 PreCheckoutRefusal = Literal["pay_unknown_order", "pay_wrong_amount", "pay_expired", "pay_slow"]
@@ -34,7 +35,7 @@ RefundResult = Literal[
 PROMO_NOTICES = {"unknown": "promo_unknown", "used": "promo_used", "exhausted": "promo_exhausted"}
 
 # The job states with a progress text (`progress_<state>`), and the two endings.
-PROGRESS_STATES = ("submitted", "running")
+PROGRESS_STATES = (JobState.SUBMITTED, JobState.RUNNING)
 PROGRESS_TEXTS = tuple(f"progress_{state}" for state in (*PROGRESS_STATES, "done", "failed"))
 
 # The ledger's movement reasons the statement words (`mv_<reason>`); others show as is.

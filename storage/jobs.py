@@ -17,7 +17,8 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from storage.db import insert_if_absent, write_transaction
-from storage.models import JOB_FINAL_STATES, Job, JobEvent
+from storage.job_states import JOB_FINAL_STATES, JobState
+from storage.models import Job, JobEvent
 
 _jobs = Job.__table__  # type: ignore[attr-defined]
 _events = JobEvent.__table__  # type: ignore[attr-defined]
@@ -39,7 +40,7 @@ class JobRecord:
     hold_id: str | None
     task_id: str | None
     callback_secret: str
-    state: str
+    state: JobState
     result_urls: list[str]
     error: str | None
     progress_message_id: int | None
@@ -63,6 +64,7 @@ def _record(row: Any) -> JobRecord:
         moment = data[name]
         data[name] = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
     data["result_urls"] = list(data["result_urls"] or [])
+    data["state"] = JobState(data["state"])
     return JobRecord(**data)
 
 
@@ -75,7 +77,7 @@ class JobStore:
         """The job for `values["key"]`: made now (True) or found from an earlier tap (False)."""
         now = self.clock()
         row = {
-            "state": "created",
+            "state": JobState.CREATED.value,
             "result_urls": [],
             "polls": 0,
             "next_check_at": now,
@@ -87,7 +89,7 @@ class JobStore:
             made = await conn.execute(insert_if_absent(conn.dialect.name, _jobs, ["key"], row))
             if made.rowcount == 1:
                 await conn.execute(
-                    insert(_events).values(job_id=row["id"], state="created", at=now)
+                    insert(_events).values(job_id=row["id"], state=JobState.CREATED.value, at=now)
                 )
             found = (await conn.execute(select(_jobs).where(_jobs.c.key == row["key"]))).one()
         return _record(found), made.rowcount == 1
@@ -100,8 +102,8 @@ class JobStore:
     async def move(
         self,
         job_id: str,
-        expected: Iterable[str],
-        to: str,
+        expected: Iterable[JobState],
+        to: JobState,
         *,
         detail: str | None = None,
         due_by: datetime | None = None,
@@ -110,18 +112,18 @@ class JobStore:
         """Moves the job to `to` if it is in one of `expected` (and, with `due_by`, its
         `next_check_at` has come by then: a lease that expired); None when another won."""
         now = self.clock()
-        condition = [_jobs.c.id == job_id, _jobs.c.state.in_(tuple(expected))]
+        condition = [_jobs.c.id == job_id, _jobs.c.state.in_([s.value for s in expected])]
         if due_by is not None:
             condition.append(_jobs.c.next_check_at <= due_by)
         async with write_transaction(self.engine) as conn:
             moved = await conn.execute(
-                update(_jobs).where(*condition).values(state=to, updated_at=now, **changes)
+                update(_jobs).where(*condition).values(state=to.value, updated_at=now, **changes)
             )
             if moved.rowcount != 1:
                 return None
             await conn.execute(
                 insert(_events).values(
-                    job_id=job_id, state=to, at=now, detail=(detail or None) and detail[:300]
+                    job_id=job_id, state=to.value, at=now, detail=(detail or None) and detail[:300]
                 )
             )
             row = (await conn.execute(select(_jobs).where(_jobs.c.id == job_id))).one()

@@ -10,7 +10,8 @@ import re
 import socket
 import sqlite3
 import tempfile
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,6 +238,7 @@ async def running_stack(
     kie_timeout_s: float = 5,
     payment_settings: PaymentSettings | None = None,
     flood: FloodLimits | None = None,
+    flood_clock: Callable[[], float] = time.monotonic,
     token: str = TOKEN,
 ) -> AsyncIterator[Stack]:
     """The whole product on real HTTP: our webhook app on a real port, the real Bot talking
@@ -245,7 +247,8 @@ async def running_stack(
     `store`: the conversation store (default: SQL on the same database). `actions`
     replace product actions (tests that count runs or make one fail). `api`, `kie` and
     `db_url`: share them between stacks, as two processes would. `flood`: per-user
-    flood control as `trt serve` has it (off by default: tests tap faster than people).
+    flood control as `trt serve` has it (off by default: tests tap faster than people),
+    its buckets filling by `flood_clock`.
     """
     async with contextlib.AsyncExitStack() as exits:
         if api is None:
@@ -283,6 +286,7 @@ async def running_stack(
             catalog=catalog,
             payment_settings=payment_settings or PaymentSettings(),
             flood=flood,
+            flood_clock=flood_clock,
         )
         product.engine.registry.actions.update(actions or {})
         app = web.Application()

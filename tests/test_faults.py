@@ -28,9 +28,10 @@ from tests.faults.campaign import Report, describe, pick, run_one, wind_down
 from tests.faults.database import Database, create_postgres, create_sqlite, drop_postgres
 from tests.faults.world import World, open_world
 
-# One `trt serve` per database for the module: starting it costs seconds. One worker
-# runs them all (pytest-xdist's loadgroup), so each world starts once.
-pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.xdist_group("faults")]
+# One `trt serve` per database: starting it costs seconds. One worker runs them all
+# (pytest-xdist's loadgroup), and the worlds live for the session, so that a worker
+# running other tests in between does not start them again.
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.xdist_group("faults")]
 _numbers = itertools.count(1)
 
 
@@ -74,8 +75,8 @@ def _cases(db: str) -> list[object]:
 
 @asynccontextmanager
 async def _world(workdir: Path, admin: URL | None) -> AsyncIterator[World]:
-    """A fresh migrated database, the fakes and `trt serve` on it, until the module ends;
-    then the service winds down and the checks of the whole module's runs must hold."""
+    """A fresh migrated database, the fakes and `trt serve` on it, until the session ends;
+    then the service winds down and the checks of all its runs must hold."""
     url = await create_postgres(admin) if admin is not None else await create_sqlite(workdir)
     db = Database(url)
     try:
@@ -91,15 +92,15 @@ async def _world(workdir: Path, admin: URL | None) -> AsyncIterator[World]:
             await drop_postgres(admin, url)
 
 
-# One world per database for the module (its own fixture: a world parametrized along
-# with the cases would be set up again for every case).
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+# One world per database (its own fixture: a world parametrized along with the cases
+# would be set up again for every case).
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def sqlite_world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
     async with _world(tmp_path_factory.mktemp("faults-sqlite"), None) as world:
         yield world
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def postgresql_world(
     tmp_path_factory: pytest.TempPathFactory, postgres_admin_url: URL
 ) -> AsyncIterator[World]:

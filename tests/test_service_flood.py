@@ -44,14 +44,29 @@ async def test_a_burst_of_taps_gets_one_notice_and_every_tap_an_answer(tmp_path:
         assert runs == [31]  # of the two let through, the second found its screen stale
 
 
+class Clock:
+    """Flood control's clock, moved by the test: a pause costs no waiting."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 async def test_after_a_pause_taps_work_and_a_new_burst_gets_a_new_notice(tmp_path: Path) -> None:
     limits = FloodLimits(rate=5, burst=2, in_flight=100)
-    async with running_stack(flow_path=mini_flow(tmp_path), flood=limits) as stack:
+    clock = Clock()
+    async with running_stack(
+        flow_path=mini_flow(tmp_path), flood=limits, flood_clock=clock
+    ) as stack:
         chat = stack.chat(32)
         await chat.send("/start")
-        await asyncio.sleep(0.5)  # the bucket is full again
+        clock.now += 0.5  # the bucket is full again
         assert (await burst(chat, "Дальше", 6)).count(BUSY) == 1
-        await asyncio.sleep(0.5)
+        # No time has passed on the clock: still empty, so dropped, and silently.
+        assert (await burst(chat, chat.screen().flat()[0][0], 1)) == [None]
+        clock.now += 0.5
         await chat.tap(chat.screen().flat()[0][0])  # let through: the screen moves on
         assert (await burst(chat, chat.screen().flat()[0][0], 6)).count(BUSY) == 1
 
@@ -69,9 +84,10 @@ async def test_a_burst_of_messages_gets_one_notice_and_no_queue(tmp_path: Path) 
 
 async def test_taps_beyond_the_in_flight_cap_are_dropped_without_waiting(tmp_path: Path) -> None:
     finished: list[float] = []
+    release = asyncio.Event()
 
     async def work(ctx: Context) -> Outcome:
-        await asyncio.sleep(0.5)
+        await release.wait()  # a slow action, until every other tap has its answer
         finished.append(time.monotonic())
         return Outcome()
 
@@ -82,7 +98,13 @@ async def test_taps_beyond_the_in_flight_cap_are_dropped_without_waiting(tmp_pat
         chat = stack.chat(34)
         await chat.send("/start")
         data = chat.screen().data_of("Работа")
-        results = await asyncio.gather(*(chat.tap_data(data) for _ in range(6)))
+        since = len(stack.api.calls)
+        taps = asyncio.gather(*(chat.tap_data(data) for _ in range(6)))
+        for _ in range(4):  # the four dropped are answered meanwhile
+            answered = await stack.api.wait_for_call("answerCallbackQuery", timeout=30, since=since)
+            since = stack.api.calls.index(answered) + 1
+        release.set()
+        results = await taps
         answered_at = {
             c.params["callback_query_id"]: c.at for c in stack.api.calls_of("answerCallbackQuery")
         }

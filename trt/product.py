@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +82,7 @@ def build_product(
     catalog: Catalog | None = None,
     payment_settings: PaymentSettings | None = None,
     flood: FloodLimits | None = None,
+    flood_clock: Callable[[], float] = time.monotonic,
 ) -> Product:
     """The object graph, once, top-down: each part is built from parts built before it.
     The services show screens through the Outbox, which the engine, built last from the
@@ -133,7 +135,7 @@ def build_product(
         retry_later=retry_later,
     )
     dispatcher.message.outer_middleware(FirstContact(ledger, pay.welcome_bonus))
-    instrument(bot, dispatcher, engine, db, flood, pay.admin_ids)
+    instrument(bot, dispatcher, engine, db, flood, pay.admin_ids, flood_clock)
     return Product(
         bot, dispatcher, engine, services, generation, payments, kie, links, prices=prices
     )

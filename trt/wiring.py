@@ -6,6 +6,7 @@ what the product is made of, and this file a list of what watches over it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -90,9 +91,11 @@ def instrument(
     db: AsyncEngine,
     flood: FloodLimits | None = None,
     admin_ids: frozenset[int] = frozenset(),
+    flood_clock: Callable[[], float] = time.monotonic,
 ) -> None:
     """Telegram errors by kind on the bot's session; ids, metrics and flood control on
-    the dispatcher (which never sheds payments or the commands of `admin_ids`)."""
+    the dispatcher (which never sheds payments or the commands of `admin_ids`); flood
+    control's buckets fill by `flood_clock` (seconds; a test's own clock)."""
     install_error_counter()
 
     async def blocked(user_id: int) -> None:
@@ -101,7 +104,7 @@ def instrument(
     bot.session.middleware(TelegramErrors(blocked))
     before_isolation(dispatcher, UpdateObserver(retry_later))
     if flood is not None:
-        before_isolation(dispatcher, FloodControl(engine, flood, admin_ids=admin_ids))
+        before_isolation(dispatcher, FloodControl(engine, flood, flood_clock, admin_ids))
     dispatcher.message.outer_middleware(Reactivate(db))
 
 

@@ -25,30 +25,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
 from transitions import Machine
 
+from storage.job_states import JOB_FINAL_STATES, JobState
 from storage.jobs import JobRecord
-from storage.models import JOB_FINAL_STATES, JOB_STATES
-
-
-class JobState(StrEnum):
-    CREATED = "created"
-    HELD = "held"
-    SUBMITTING = "submitting"
-    SUBMITTED = "submitted"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    DELIVERING = "delivering"
-    DELIVERED = "delivered"
-    CHARGED = "charged"
-    FAILED = "failed"
-    RELEASED = "released"
-    REJECTED = "rejected"
-    LOST = "lost"
-
+from storage.models import JOB_STATES
 
 S = JobState
 ACTIVE = (S.SUBMITTED, S.RUNNING)
@@ -126,8 +109,8 @@ class Move:
     when the move also needs the job's time (a lease) to have come."""
 
     trigger: str
-    sources: tuple[str, ...]
-    dest: str
+    sources: tuple[JobState, ...]
+    dest: JobState
     due_by: datetime | None = None
 
 
@@ -164,8 +147,8 @@ class JobLifecycle:
         guards = _Guards(job, now, changes or {})
         if not all(getattr(guards, str(c.func))() == c.target for c in transition.conditions):
             return None
-        dest = str(transition.dest)
-        sources = tuple(sorted(event.transitions))
+        dest = JobState(str(transition.dest))
+        sources = tuple(JobState(s) for s in sorted(event.transitions))
         due_by = now if transition.source == dest else None  # a lease taken over
         return Move(trigger, sources, dest, due_by)
 

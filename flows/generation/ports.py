@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from kie.task import TaskInfo
+from storage.job_states import JobState
 from storage.jobs import JobRecord
 
 
@@ -27,8 +28,8 @@ class Jobs(Protocol):
     async def move(
         self,
         job_id: str,
-        expected: Iterable[str],
-        to: str,
+        expected: Iterable[JobState],
+        to: JobState,
         *,
         detail: str | None = None,
         due_by: datetime | None = None,

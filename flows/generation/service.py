@@ -37,7 +37,7 @@ from aiogram.exceptions import (
 )
 
 from flows.generation.delivery import deliver_result
-from flows.generation.lifecycle import ACTIVE, LIFECYCLE, UNFINISHED
+from flows.generation.lifecycle import ACTIVE, LIFECYCLE, UNFINISHED, S
 from flows.generation.notices import JobNotices
 from flows.generation.ports import Jobs, Kie, NoHooks, StepHooks
 from flows.generation.request import GenerationRequest
@@ -130,8 +130,8 @@ class GenerationService:
             # Recovery leaves a young job to the tap that is starting it.
             next_check_at=now + GRACE,
         )
-        if not created and job.state != "created":
-            return Started("rejected" if job.state == "rejected" else "started", job)
+        if not created and job.state != S.CREATED:
+            return Started("rejected" if job.state == S.REJECTED else "started", job)
         # A job found still `created` is this tap's own, cut off before its hold by an
         # outage: its redelivery goes on from there (the hold is keyed by the job, so a
         # second delivery racing this one holds once, and one of them moves it on).
@@ -195,17 +195,17 @@ class GenerationService:
         job = await self.jobs.get(job_id)
         if job is None or job.final:
             return
-        if job.state == "created":
+        if job.state == S.CREATED:
             await self._fail(job, "interrupted before it started")  # S4
-        elif job.state in ("held", "submitting", *ACTIVE) and self.clock() >= job.deadline_at:
+        elif job.state in (S.HELD, S.SUBMITTING, *ACTIVE) and self.clock() >= job.deadline_at:
             await self._fail(job, "timeout")
-        elif job.state == "held":
+        elif job.state == S.HELD:
             await self._submit(job)  # S4: a crash came between the hold and KIE
-        elif job.state in ("succeeded", "delivering"):
+        elif job.state in (S.SUCCEEDED, S.DELIVERING):
             await self._deliver(job)  # S6; a delivering job is due only once its lease ran out
-        elif job.state == "delivered":
+        elif job.state == S.DELIVERED:
             await self._charge(job)  # S5
-        elif job.state == "failed":
+        elif job.state == S.FAILED:
             await self._release(job)
         elif job.task_id is not None:
             await self._check(job)
@@ -297,7 +297,7 @@ class GenerationService:
             reason = f"KIE failed: {info.fail_code or ''} {info.fail_msg or ''}".strip()
             await self._fail(job, reason)
         else:
-            if job.state == "submitted":
+            if job.state == S.SUBMITTED:
                 running = await self._move(job, "progress")
                 job = running or job
             await self._later(job)
@@ -326,7 +326,7 @@ class GenerationService:
         `delivering` under a lease and stands back. The sending is bounded well inside
         the lease, so a slow sender stops before anyone may take over."""
         lease = timedelta(seconds=self.settings.delivery_lease_s)
-        trigger = "reclaim_delivery" if job.state == "delivering" else "claim_delivery"
+        trigger = "reclaim_delivery" if job.state == S.DELIVERING else "claim_delivery"
         claimed = await self._move(job, trigger, next_check_at=self.clock() + lease)
         if claimed is None:
             return
@@ -420,7 +420,7 @@ class GenerationService:
             return False
         if job.task_id is not None and job.task_id != info.task_id:
             return False
-        if job.final or job.state not in ("submitting", *ACTIVE):
+        if job.final or job.state not in (S.SUBMITTING, *ACTIVE):
             return True  # a duplicate after the fact: acknowledged, nothing to do
         try:
             confirmed = await self.kie.record_info(info.task_id)

@@ -29,8 +29,9 @@ from typing import Any
 from sqlalchemy import select
 
 from flows.generation.settings import GenerationSettings
+from storage.job_states import JOB_FINAL_STATES
 from storage.ledger import Ledger
-from storage.models import JOB_FINAL_STATES, Hold, Transfer
+from storage.models import Hold, Transfer
 from tests.faults.database import Gate
 from tests.faults.fakes import KIE_FAILURES, TG_FAILURES, Params, Predicate, Strike
 from tests.faults.journeys import (

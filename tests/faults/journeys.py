@@ -20,8 +20,9 @@ from sqlalchemy import select
 from engine.loader import load_flow
 from engine.local.bot_api_server import QUERY_TOO_OLD, Call
 from pricing.catalog import load_catalog
+from storage.job_states import JOB_FINAL_STATES
 from storage.ledger import Ledger
-from storage.models import JOB_FINAL_STATES, Job
+from storage.models import Job
 from storage.payments import PaymentStore
 from storage.users import find_account
 from tests.faults.model import Finding, Point

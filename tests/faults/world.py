@@ -25,8 +25,9 @@ from engine import callback_data
 from engine.local.bot_api_server import Call
 from kie.fake_script import Behaviour
 from storage.errors import is_unavailable
+from storage.job_states import JOB_FINAL_STATES
 from storage.ledger import Ledger
-from storage.models import JOB_FINAL_STATES, ConversationState, Job
+from storage.models import ConversationState, Job
 from storage.users import ensure_user
 from tests.faults.courier import Courier, Delivery
 from tests.faults.database import Database

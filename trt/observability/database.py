@@ -23,7 +23,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from storage.db import PoolUsage, pool_usage
-from storage.models import JOB_FINAL_STATES, JOB_STATES, Account, Hold, Job, Payment, Transfer
+from storage.job_states import JOB_FINAL_STATES
+from storage.models import JOB_STATES, Account, Hold, Job, Payment, Transfer
 from trt.observability.metrics import REGISTRY
 
 log = logging.getLogger("trt.metrics")

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from flows.generation.ports import Jobs, Kie
 from kie.task import TaskInfo
+from storage.job_states import JobState
 from storage.jobs import JobRecord
 from trt.observability.context import bind, scope
 from trt.observability.metrics import JOB_TRANSITIONS, KIE_ERRORS, KIE_SECONDS
@@ -48,7 +49,7 @@ class CorrelatedJobs:
         job, created = await self.inner.create(**values)
         _bind(job)
         if created:
-            JOB_TRANSITIONS.labels("created").inc()
+            JOB_TRANSITIONS.labels(JobState.CREATED.value).inc()
             log.info("job created", extra={"model": job.model_id, "price": job.price})
         return job, created
 
@@ -61,8 +62,8 @@ class CorrelatedJobs:
     async def move(
         self,
         job_id: str,
-        expected: Iterable[str],
-        to: str,
+        expected: Iterable[JobState],
+        to: JobState,
         *,
         detail: str | None = None,
         due_by: datetime | None = None,
@@ -71,8 +72,8 @@ class CorrelatedJobs:
         moved = await self.inner.move(job_id, expected, to, detail=detail, due_by=due_by, **changes)
         if moved is not None:
             _bind(moved)
-            JOB_TRANSITIONS.labels(to).inc()
-            log.info("job moved to %s", to, extra={"detail": detail} if detail else None)
+            JOB_TRANSITIONS.labels(to.value).inc()
+            log.info("job moved to %s", to.value, extra={"detail": detail} if detail else None)
         return moved
 
     async def update(self, job_id: str, **changes: Any) -> None:
