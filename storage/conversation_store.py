@@ -21,12 +21,12 @@ from sqlalchemy.sql.dml import Insert, Update
 from engine.store import Snapshot
 from storage import retry
 from storage.db import insert_if_absent, write_transaction
-from storage.models import ConversationState
+from storage.models import ConversationState, table_of
 
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-_table = ConversationState.__table__  # type: ignore[attr-defined]
+_table = table_of(ConversationState)
 _c = _table.c
 
 # Built once at import: SQLAlchemy caches the compiled SQL per statement, so

@@ -18,10 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from storage.db import insert_if_absent, write_transaction
 from storage.job_states import JOB_FINAL_STATES, JobState
-from storage.models import Job, JobEvent
+from storage.models import Job, JobEvent, table_of
 
-_jobs = Job.__table__  # type: ignore[attr-defined]
-_events = JobEvent.__table__  # type: ignore[attr-defined]
+_jobs = table_of(Job)
+_events = table_of(JobEvent)
 _DATETIMES = ("next_check_at", "deadline_at", "created_at", "updated_at")
 
 

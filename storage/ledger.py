@@ -61,7 +61,7 @@ from storage.ledger_values import (
     transfer_record,
     utc,
 )
-from storage.models import Account, AccountShard, Entry, Hold, IdempotencyKey, Transfer
+from storage.models import Account, AccountShard, Entry, Hold, IdempotencyKey, Transfer, table_of
 from storage.retry import is_transient_or_duplicate, with_retries
 
 __all__ = [
@@ -82,12 +82,12 @@ __all__ = [
 
 _T = TypeVar("_T")
 
-_accounts = Account.__table__  # type: ignore[attr-defined]
-_transfers = Transfer.__table__  # type: ignore[attr-defined]
-_entries = Entry.__table__  # type: ignore[attr-defined]
-_holds = Hold.__table__  # type: ignore[attr-defined]
-_keys = IdempotencyKey.__table__  # type: ignore[attr-defined]
-_shards = AccountShard.__table__  # type: ignore[attr-defined]
+_accounts = table_of(Account)
+_transfers = table_of(Transfer)
+_entries = table_of(Entry)
+_holds = table_of(Hold)
+_keys = table_of(IdempotencyKey)
+_shards = table_of(AccountShard)
 
 SCOPE = "ledger"
 MAX_ID_LENGTH = 62  # the column holds 64: room for the "x:" of an expiry's id

@@ -16,15 +16,24 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from storage.db import insert_if_absent, write_transaction
-from storage.models import AdminAudit, Job, Order, Payment, PromoCode, PromoRedemption, User
+from storage.models import (
+    AdminAudit,
+    Job,
+    Order,
+    Payment,
+    PromoCode,
+    PromoRedemption,
+    User,
+    table_of,
+)
 
-_orders = Order.__table__  # type: ignore[attr-defined]
-_payments = Payment.__table__  # type: ignore[attr-defined]
-_promos = PromoCode.__table__  # type: ignore[attr-defined]
-_redemptions = PromoRedemption.__table__  # type: ignore[attr-defined]
-_audit = AdminAudit.__table__  # type: ignore[attr-defined]
-_users = User.__table__  # type: ignore[attr-defined]
-_jobs = Job.__table__  # type: ignore[attr-defined]
+_orders = table_of(Order)
+_payments = table_of(Payment)
+_promos = table_of(PromoCode)
+_redemptions = table_of(PromoRedemption)
+_audit = table_of(AdminAudit)
+_users = table_of(User)
+_jobs = table_of(Job)
 
 
 def _utc(moment: datetime | None) -> datetime | None:

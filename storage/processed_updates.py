@@ -16,9 +16,9 @@ from sqlalchemy import bindparam, delete, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from storage.db import insert_if_absent, write_transaction
-from storage.models import ProcessedUpdate
+from storage.models import ProcessedUpdate, table_of
 
-_table = ProcessedUpdate.__table__  # type: ignore[attr-defined]
+_table = table_of(ProcessedUpdate)
 _SEEN = select(_table.c.update_id).where(_table.c.update_id == bindparam("id"))
 
 

@@ -8,10 +8,10 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from storage.db import insert_if_absent, write_transaction
-from storage.models import Account, User
+from storage.models import Account, User, table_of
 
-_users = User.__table__  # type: ignore[attr-defined]
-_accounts = Account.__table__  # type: ignore[attr-defined]
+_users = table_of(User)
+_accounts = table_of(Account)
 
 
 async def ensure_user(

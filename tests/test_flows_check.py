@@ -14,6 +14,7 @@ import pytest
 from engine.checker import check_flow
 from engine.loader import FlowError, parse_flow
 from flows.registry import build_registry
+from tests import warm
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = (ROOT / "flows.yaml").read_text(encoding="utf-8")
@@ -356,15 +357,20 @@ def test_commands_refuse_a_file_that_fails_the_check(
     path = tmp_path / "flows.yaml"
     path.write_text(BROKEN_TARGET, encoding="utf-8")
     line = line_of(BROKEN_TARGET, "to: histroy")
-    result = subprocess.run(
-        [sys.executable, "-m", "trt.cli", *(a.format(path=path) for a in argv)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, **{k: v.format(path=path) for k, v in env.items()}},
-        check=False,
-        timeout=60,
-    )
+    args = [a.format(path=path) for a in argv]
+    environment = {**os.environ, **{k: v.format(path=path) for k, v in env.items()}}
+    if args[0] in ("run", "serve"):  # the bot's commands: forked warm (tests.warm)
+        result = warm.run(args, env=environment, cwd=ROOT)
+    else:
+        result = subprocess.run(
+            [sys.executable, "-m", "trt.cli", *args],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env=environment,
+            check=False,
+            timeout=60,
+        )
     assert result.returncode == 1, result.stderr
     assert f"{path}:{line}:" in result.stderr and "unknown state 'histroy'" in result.stderr
     assert result.stdout == ""

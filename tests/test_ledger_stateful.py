@@ -47,16 +47,16 @@ from storage.ledger import (
     UnknownHold,
     utc,
 )
-from storage.models import Account, Hold, IdempotencyKey
+from storage.models import Account, Hold, IdempotencyKey, table_of
 from storage.settings import DatabaseSettings
 from storage.users import ensure_user
 from tests.ledger_support import START, Clock, check_invariants
 
 _T = TypeVar("_T")
 
-_accounts = Account.__table__  # type: ignore[attr-defined]
-_holds = Hold.__table__  # type: ignore[attr-defined]
-_keys = IdempotencyKey.__table__  # type: ignore[attr-defined]
+_accounts = table_of(Account)
+_holds = table_of(Hold)
+_keys = table_of(IdempotencyKey)
 
 SETTINGS = settings(
     max_examples=40,

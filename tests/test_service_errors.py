@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from engine.local.bot_api_server import NOT_MODIFIED
 from engine.registry import Context, Outcome
-from storage.models import User
+from storage.models import User, table_of
 from storage.users import ensure_user
 from tests.harness import Chat, Stack, answer_text, running_stack
 from tests.service_support import (
@@ -46,7 +46,7 @@ async def state_of(chat: Chat) -> tuple[str, int]:
 
 
 async def is_active(stack: Stack, user_id: int) -> bool:
-    users = User.__table__  # type: ignore[attr-defined]
+    users = table_of(User)
     async with stack.product.services.db.connect() as conn:
         found = await conn.scalar(select(users.c.is_active).where(users.c.id == user_id))
     assert found is not None

@@ -1,5 +1,8 @@
 """`trt serve` itself: as a process against the fake Telegram and the fake KIE (webhook mode
 and polling), failing fast on bad settings, and shutting down without dropping work.
+
+The process is forked from a warm interpreter (tests.warm); test_logging_once starts
+the `trt` console script cold.
 """
 
 from __future__ import annotations
@@ -10,7 +13,6 @@ import json
 import os
 import signal
 import socket
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,11 +27,11 @@ from engine.registry import Context, Outcome
 from kie.fake_server import FakeKie
 from storage.migrate import upgrade_to_head
 from tests.service_support import mini_flow
+from tests.warm import Trt
 from trt.settings import Settings
 from trt.webhook import SECRET_HEADER
 
 ROOT = Path(__file__).resolve().parent.parent
-TRT = str(Path(sys.executable).parent / "trt")
 TOKEN = "123456:AAFakeTokenForTheServeTests_abcdefgh"
 WEBHOOK_SECRET = "serve-test-secret_0123456789"
 _SETTING_PREFIXES = ("BOT_", "TELEGRAM_", "WEBHOOK_", "KIE_", "DB_", "DATABASE_", "FLOOD_")
@@ -85,11 +87,11 @@ async def until_ready(http: aiohttp.ClientSession, base: str, process: Any) -> N
             await asyncio.sleep(0.2)
 
 
-async def stop(process: Any) -> tuple[int, str]:
+async def stop(process: Trt) -> tuple[int, str]:
     process.send_signal(signal.SIGTERM)
     async with asyncio.timeout(60):
-        _, err = await process.communicate()
-    return process.returncode, err.decode()
+        code = await process.wait()
+    return code, process.stderr()
 
 
 def json_lines(stderr: str) -> list[dict[str, Any]]:
@@ -103,9 +105,7 @@ async def test_serve_with_a_webhook(
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = serve_env(api, kie, migrated_database_url, port, WEBHOOK_URL=base + "/telegram/webhook")
-    process = await asyncio.create_subprocess_exec(
-        TRT, "serve", env=env, cwd=tmp_path, stderr=asyncio.subprocess.PIPE
-    )
+    process = Trt(["serve"], env=env, cwd=tmp_path)
     try:
         async with aiohttp.ClientSession() as http:
             await until_ready(http, base, process)
@@ -140,9 +140,7 @@ async def test_serve_with_long_polling(fakes: tuple[FakeBotAPI, FakeKie], tmp_pa
     await asyncio.to_thread(upgrade_to_head, database_url)
     port = free_port()
     env = serve_env(api, kie, database_url, port)
-    process = await asyncio.create_subprocess_exec(
-        TRT, "serve", env=env, cwd=tmp_path, stderr=asyncio.subprocess.PIPE
-    )
+    process = Trt(["serve"], env=env, cwd=tmp_path)
     try:
         async with aiohttp.ClientSession() as http:
             await until_ready(http, f"http://127.0.0.1:{port}", process)
@@ -161,13 +159,10 @@ async def test_serve_with_long_polling(fakes: tuple[FakeBotAPI, FakeKie], tmp_pa
 
 
 async def run_serve(env: dict[str, str], cwd: Path) -> tuple[int, str]:
-    process = await asyncio.create_subprocess_exec(
-        TRT, "serve", env=env, cwd=cwd, stderr=asyncio.subprocess.PIPE
-    )
+    process = Trt(["serve"], env=env, cwd=cwd)
     async with asyncio.timeout(60):
-        _, err = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, err.decode()
+        code = await process.wait()
+    return code, process.stderr()
 
 
 async def test_missing_settings_are_named_and_nothing_starts(tmp_path: Path) -> None:

@@ -1,5 +1,8 @@
-"""`trt run` with no BOT_TOKEN, as a newcomer's `make run` starts it: a subprocess with
-the local Telegram and the terminal chat, driven through its stdin."""
+"""`trt run` with no BOT_TOKEN, as a newcomer's `make run` starts it: a process with
+the local Telegram and the terminal chat, driven through its stdin.
+
+A newcomer's first minute runs the program cold, as `python -m trt.cli`; the other
+cases fork it from a warm interpreter (tests.warm), which skips seconds of imports."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests import warm
 from tests.harness import ROOT
 
 TRT = [sys.executable, "-m", "trt.cli"]
@@ -22,7 +26,11 @@ def local_env(tmp_path: Path, **over: str) -> dict[str, str]:
     return env | over
 
 
-def trt(args: list[str], tmp_path: Path, stdin: str = "") -> subprocess.CompletedProcess[str]:
+def trt(
+    args: list[str], tmp_path: Path, stdin: str = "", *, cold: bool = False
+) -> subprocess.CompletedProcess[str]:
+    if not cold:
+        return warm.run(args, env=local_env(tmp_path), cwd=tmp_path, stdin=stdin)
     return subprocess.run(
         TRT + args,
         input=stdin,
@@ -45,7 +53,7 @@ def test_run_without_token_generates_in_the_terminal(tmp_path: Path) -> None:
     and the picture arrives from the local KIE."""
     assert trt(["migrate"], tmp_path).returncode == 0
     script = "/start\n1\n1\n1\na red fox in the snow\n1\n:wait\n:quit\n"
-    result = trt(["run"], tmp_path, stdin=script)
+    result = trt(["run"], tmp_path, stdin=script, cold=True)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "No BOT_TOKEN: a local Telegram runs at http://127.0.0.1:" in out
@@ -82,22 +90,19 @@ def test_run_in_english_and_ctrl_c_ends_it_cleanly(tmp_path: Path) -> None:
     result = trt(["run", "--lang", "en"], tmp_path, stdin="/start\n:quit\n")
     assert result.returncode == 0, result.stderr
     assert "Main menu" in result.stdout
-    env = local_env(tmp_path)
-    with subprocess.Popen(
-        [*TRT, "run"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-    ) as chat:
-        assert chat.stdout is not None and chat.stdin is not None
-        while "Type /start" not in chat.stdout.readline():
-            pass
+    # Its stdin never ends: the chat waits at the prompt until Ctrl-C.
+    fifo = tmp_path / "stdin"
+    os.mkfifo(fifo)
+    writer = os.open(fifo, os.O_RDWR)  # held open, so the chat never reads an end
+    try:
+        chat = warm.Trt(["run"], env=local_env(tmp_path), cwd=tmp_path, stdin_path=fifo)
+        warm.wait_for_output(chat, "Type /start")
         chat.send_signal(signal.SIGINT)  # Ctrl-C at the prompt
-        _, errors = chat.communicate(timeout=30)
-    assert chat.returncode == 0, errors
+        code = chat.join(30)
+    finally:
+        os.close(writer)
+    errors = chat.stderr()
+    assert code == 0, errors
     assert "Traceback" not in errors
 
 

@@ -89,7 +89,11 @@ async def run_bot(settings: Settings, lang: str = "ru") -> int:
             return 0
         where = f"a local Telegram runs at {api.base_url}"
         print(f"No BOT_TOKEN: {where}. Type /start, then button numbers.")
-        polling = asyncio.create_task(product.dispatcher.start_polling(bot, handle_signals=False))
+        # One update at a time: the next poll then confirms an update only once it was
+        # handled, which is what the scripted chat waits for before its next line.
+        polling = asyncio.create_task(
+            product.dispatcher.start_polling(bot, handle_signals=False, handle_as_tasks=False)
+        )
         jobs = product.services.jobs
 
         async def pending() -> bool:

@@ -226,8 +226,8 @@ async def run_terminal_chat(
     user_id: int,
     *,
     language_code: str = "ru",
-    input_stream: TextIO = sys.stdin,
-    output: TextIO = sys.stdout,
+    input_stream: TextIO | None = None,
+    output: TextIO | None = None,
     pending: Pending | None = None,
 ) -> None:
     """Chats with the bot polling `api` until `:quit` or end of input.
@@ -237,7 +237,9 @@ async def run_terminal_chat(
     on every run. `pending` says whether the bot has work under way for this chat
     (a job), so that `:wait` with nothing coming says so at once.
     """
-    transcript = _Transcript(api, chat_id, output)
+    # The process's streams as they are now, not as they were at import (a redirect).
+    input_stream = input_stream or sys.stdin
+    transcript = _Transcript(api, chat_id, output or sys.stdout)
     interactive = input_stream.isatty()
     transcript.say(HELP)
     follower = asyncio.create_task(_follow(transcript)) if interactive else None

@@ -31,7 +31,7 @@ from sqlalchemy import select
 from flows.generation.settings import GenerationSettings
 from storage.job_states import JOB_FINAL_STATES
 from storage.ledger import Ledger
-from storage.models import Hold, Transfer
+from storage.models import Hold, Transfer, table_of
 from tests.faults.database import Gate
 from tests.faults.fakes import KIE_FAILURES, TG_FAILURES, Params, Predicate, Strike
 from tests.faults.journeys import (
@@ -435,8 +435,8 @@ async def global_checks(world: World, run: Run) -> None:
 async def overdue_holds(world: World, now: datetime) -> list[str]:
     """I8: a pending hold past its timeout plus the sweeper interval, and a hold whose
     timeout is further away than the service's hold timeout allows."""
-    holds = Hold.__table__  # type: ignore[attr-defined]
-    transfers = Transfer.__table__  # type: ignore[attr-defined]
+    holds = table_of(Hold)
+    transfers = table_of(Transfer)
     async with world.db.engine.connect() as conn:
         rows = (
             await conn.execute(

@@ -22,7 +22,7 @@ from engine.local.bot_api_server import QUERY_TOO_OLD, Call
 from pricing.catalog import load_catalog
 from storage.job_states import JOB_FINAL_STATES
 from storage.ledger import Ledger
-from storage.models import Job
+from storage.models import Job, table_of
 from storage.payments import PaymentStore
 from storage.users import find_account
 from tests.faults.model import Finding, Point
@@ -33,7 +33,7 @@ from tests.harness import ROOT
 FLOW = load_flow(ROOT / "flows.yaml").spec
 CATALOG = load_catalog()
 MEDIA = ("sendPhoto", "sendVideo", "sendAudio", "sendDocument")
-_jobs = Job.__table__  # type: ignore[attr-defined]
+_jobs = table_of(Job)
 Arm = Callable[[User], Awaitable[None]]
 
 

@@ -22,7 +22,7 @@ from typing import IO
 
 import aiohttp
 
-from tests.faults.prefork import Forked
+from tests.warm import Trt
 
 TRT = str(Path(sys.executable).parent / "trt")
 TOKEN = "123456:AAFakeTokenForTheFaultCampaign_abcdef"
@@ -31,7 +31,7 @@ ADMIN_ID = 777
 JOB_TIMEOUT_S = 20
 SWEEP_INTERVAL_S = 1
 # TRT_FAULTS_COLD=1: every start a cold `trt serve` as a deploy runs it, not a fork of a
-# warm interpreter (tests.faults.prefork); slower by the ~4 s of imports per start.
+# warm interpreter (tests.warm); slower by the ~4 s of imports per start.
 COLD_START = os.environ.get("TRT_FAULTS_COLD") == "1"
 # Settings prefixes of ours that must not leak from the caller's environment.
 _OURS = ("BOT_", "TELEGRAM_", "WEBHOOK_", "KIE_", "DB_", "DATABASE_", "FLOOD_", "JOB_", "POLL_")
@@ -94,7 +94,7 @@ class Service:
         self.base = f"http://127.0.0.1:{port}"
         self.log = log
         self.cwd = cwd
-        self.process: asyncio.subprocess.Process | Forked | None = None
+        self.process: asyncio.subprocess.Process | Trt | None = None
         self.kills = 0
         self.restarts = 0
         self.unexpected_exits: list[int] = []  # exit codes of deaths we did not cause
@@ -119,7 +119,8 @@ class Service:
                     TRT, "serve", env=self.env, cwd=self.cwd, stdout=self.log, stderr=self.log
                 )
             else:
-                self.process = Forked(self.env, self.cwd, Path(self.log.name))
+                log = Path(self.log.name)
+                self.process = Trt(["serve"], env=self.env, cwd=self.cwd, stdout=log, stderr=log)
             self._up.set()
             code = await self.process.wait()
             self._up.clear()

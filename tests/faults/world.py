@@ -27,7 +27,7 @@ from kie.fake_script import Behaviour
 from storage.errors import is_unavailable
 from storage.job_states import JOB_FINAL_STATES
 from storage.ledger import Ledger
-from storage.models import ConversationState, Job
+from storage.models import ConversationState, Job, table_of
 from storage.users import ensure_user
 from tests.faults.courier import Courier, Delivery
 from tests.faults.database import Database
@@ -37,8 +37,8 @@ from tests.harness import Screen
 
 _T = TypeVar("_T")
 SCREEN_METHODS = ("sendMessage", "editMessageText")
-_jobs = Job.__table__  # type: ignore[attr-defined]
-_conversations = ConversationState.__table__  # type: ignore[attr-defined]
+_jobs = table_of(Job)
+_conversations = table_of(ConversationState)
 # A job untouched this long, with nobody known to be working on it, may have time pass.
 IDLE_S = 3.0
 

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from storage.db import PoolUsage, pool_usage
 from storage.job_states import JOB_FINAL_STATES
-from storage.models import JOB_STATES, Account, Hold, Job, Payment, Transfer
+from storage.models import JOB_STATES, Account, Hold, Job, Payment, Transfer, table_of
 from trt.observability.metrics import REGISTRY
 
 log = logging.getLogger("trt.metrics")
@@ -34,11 +34,11 @@ UNFINISHED = tuple(s for s in JOB_STATES if s not in JOB_FINAL_STATES)
 OVERDUE_AFTER = timedelta(minutes=1)
 PAYMENTS_SOURCE = "topups"  # the system account money paid by users enters through
 
-_jobs = Job.__table__  # type: ignore[attr-defined]
-_holds = Hold.__table__  # type: ignore[attr-defined]
-_transfers = Transfer.__table__  # type: ignore[attr-defined]
-_accounts = Account.__table__  # type: ignore[attr-defined]
-_payments = Payment.__table__  # type: ignore[attr-defined]
+_jobs = table_of(Job)
+_holds = table_of(Hold)
+_transfers = table_of(Transfer)
+_accounts = table_of(Account)
+_payments = table_of(Payment)
 
 
 @dataclass(slots=True)

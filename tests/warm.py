@@ -1,0 +1,174 @@
+"""The `trt` program in a process of its own, forked from a warm interpreter.
+
+A cold start of `trt serve` or `trt run` spends about 4 s of CPU importing
+aiogram (its types are rebuilt on import); the suite starts the program dozens
+of times. multiprocessing's forkserver imports the program's modules once;
+each start is then a fork of it that takes the environment, working directory,
+stdin and output it is given and runs `trt.cli.main` as the command line does.
+It is still a process of its own: signals reach it, kill -9 kills it, and
+nothing of it survives but what it wrote. No module of ours reads the
+environment on import (settings are read by `main`), so a fork started with an
+environment behaves as a cold start with it.
+
+Tests of how the program starts cold (the console script, imports of the
+editor commands, logging from a fresh interpreter, a newcomer's `make run`)
+start it cold, with subprocess.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from multiprocessing.context import ForkServerContext
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+
+# What `trt serve` and `trt run` import before they read a setting.
+PRELOAD = ["trt.cli", "trt.serve", "trt.run", "trt.product"]
+
+_context: ForkServerContext | None = None
+
+
+def _forkserver() -> ForkServerContext:
+    global _context
+    if _context is None:
+        _context = multiprocessing.get_context("forkserver")
+        _context.set_forkserver_preload(PRELOAD)
+    return _context
+
+
+def _redirect(fd: int, path: str, flags: int) -> None:
+    opened = os.open(path, flags, 0o600)
+    os.dup2(opened, fd)
+    os.close(opened)
+
+
+def _main(args: list[str], env: dict[str, str], cwd: str, io: tuple[str, str, str]) -> None:
+    """The child: the environment, directory and files of a fresh `trt ARGS`."""
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(cwd)
+    stdin, stdout, stderr = io
+    _redirect(0, stdin, os.O_RDONLY)
+    _redirect(1, stdout, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    _redirect(2, stderr, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    sys.stdin = open(0, closefd=False)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)
+    sys.stderr = open(2, "w", buffering=1, closefd=False)
+    sys.argv = ["trt", *args]
+    from trt.cli import main
+
+    try:
+        code = main(args)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)  # no atexit of the forkserver's modules
+
+
+class Trt:
+    """A forked `trt ARGS`, with what tests use of a subprocess: pid, returncode, wait,
+    send_signal, kill, and its output so far."""
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        cwd: Path,
+        stdin: str = "",
+        stdin_path: Path | None = None,
+        stdout: Path | None = None,
+        stderr: Path | None = None,
+    ) -> None:
+        """`stdin` is all the program reads, or `stdin_path` names what it reads from
+        (a FIFO the test writes to); its output goes to files."""
+        self._dir = Path(tempfile.mkdtemp(prefix="trt-warm-"))
+        if stdin_path is None:
+            stdin_path = self._dir / "stdin"
+            stdin_path.write_text(stdin, encoding="utf-8")
+        self.stdout_path = stdout or self._dir / "stdout"
+        self.stderr_path = stderr or self._dir / "stderr"
+        io = (str(stdin_path), str(self.stdout_path), str(self.stderr_path))
+        self._process: BaseProcess = _forkserver().Process(
+            target=_main, args=(list(args), dict(env), str(cwd), io), daemon=False
+        )
+        self._process.start()
+        assert self._process.pid is not None
+        self.pid: int = self._process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.exitcode
+
+    async def wait(self) -> int:
+        """The exit code, negative for a signal, as asyncio's processes report it."""
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        loop.add_reader(self._process.sentinel, done.set_result, None)
+        try:
+            await done
+        finally:
+            loop.remove_reader(self._process.sentinel)
+        return self.join()
+
+    def join(self, timeout: float | None = None) -> int:
+        self._process.join(timeout)
+        code = self._process.exitcode
+        if code is None:
+            raise subprocess.TimeoutExpired(["trt"], timeout or 0)
+        return code
+
+    def send_signal(self, signal: int) -> None:
+        os.kill(self.pid, signal)
+
+    def kill(self) -> None:
+        self._process.kill()
+
+    def stdout(self) -> str:
+        return _read(self.stdout_path)
+
+    def stderr(self) -> str:
+        return _read(self.stderr_path)
+
+
+def _read(path: Path) -> str:
+    return path.read_text(encoding="utf-8") if path.exists() else ""
+
+
+def run(
+    args: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    cwd: Path,
+    stdin: str = "",
+    timeout: float = 60,
+) -> subprocess.CompletedProcess[str]:
+    """`subprocess.run(["trt", *args], input=stdin, capture_output=True, text=True)`,
+    forked warm."""
+    process = Trt(args, env=env, cwd=cwd, stdin=stdin)
+    try:
+        code = process.join(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.join()
+        raise
+    return subprocess.CompletedProcess(
+        ["trt", *args], code, stdout=process.stdout(), stderr=process.stderr()
+    )
+
+
+def wait_for_output(process: Trt, needle: str, timeout: float = 30) -> str:
+    """The program's stdout once it contains `needle` (a prompt it printed)."""
+    deadline = time.monotonic() + timeout
+    while needle not in (out := process.stdout()):
+        if process.returncode is not None or time.monotonic() > deadline:
+            raise AssertionError(f"{needle!r} never printed: {out[-2000:]}{process.stderr()}")
+        time.sleep(0.05)
+    return out
