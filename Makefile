@@ -20,10 +20,15 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy --strict engine flows storage pricing kie trt
 
+# The suite runs in parallel (pytest-xdist): every test has a database of its own, the
+# fault cases stay on one worker (loadgroup). More workers than cores: many tests wait
+# on sockets and timers, not the CPU.
+TEST_WORKERS ?= 4
+
 test: lint
 	$(BIN)/trt flows check
 	$(BIN)/trt pricing check
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.engine_bench

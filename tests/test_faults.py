@@ -31,7 +31,7 @@ from tests.faults.world import World, open_world
 # One `trt serve` per database: starting it costs seconds. One worker runs them all
 # (pytest-xdist's loadgroup), and the worlds live for the session, so that a worker
 # running other tests in between does not start them again.
-pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.xdist_group("faults")]
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.xdist_group(name="faults")]
 _numbers = itertools.count(1)
 
 

@@ -98,9 +98,9 @@ def test_run_in_english_and_ctrl_c_ends_it_cleanly(tmp_path: Path) -> None:
         chat = warm.Trt(["run"], env=local_env(tmp_path), cwd=tmp_path, stdin_path=fifo)
         warm.wait_for_output(chat, "Type /start")
         chat.send_signal(signal.SIGINT)  # Ctrl-C at the prompt
-        code = chat.join(30)
     finally:
-        os.close(writer)
+        os.close(writer)  # as a terminal closes: the reader blocked in readline returns
+    code = chat.join(30)
     errors = chat.stderr()
     assert code == 0, errors
     assert "Traceback" not in errors

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -50,7 +51,11 @@ def _redirect(fd: int, path: str, flags: int) -> None:
 
 
 def _main(args: list[str], env: dict[str, str], cwd: str, io: tuple[str, str, str]) -> None:
-    """The child: the environment, directory and files of a fresh `trt ARGS`."""
+    """The child: the environment, directory, files and signal handlers of a fresh
+    `trt ARGS` (the forkserver inherits what its starter ignores; a shell's child does
+    not ignore Ctrl-C)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.environ.clear()
     os.environ.update(env)
     os.chdir(cwd)
@@ -125,8 +130,8 @@ class Trt:
             raise subprocess.TimeoutExpired(["trt"], timeout or 0)
         return code
 
-    def send_signal(self, signal: int) -> None:
-        os.kill(self.pid, signal)
+    def send_signal(self, number: int) -> None:
+        os.kill(self.pid, number)
 
     def kill(self) -> None:
         self._process.kill()

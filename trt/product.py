@@ -90,7 +90,10 @@ def build_product(
     outbox = Outbox()
     pay = payment_settings or PaymentSettings()
     ledger = Ledger(db)
-    jobs = CorrelatedJobs(JobStore(db))
+    # One clock for the job rows, the service's deadlines and the elapsed time it shows.
+    job_store = JobStore(db)
+    clock = job_store.clock
+    jobs = CorrelatedJobs(job_store)
     payment_store = PaymentStore(db)
 
     async def account(user_id: int, locale: str) -> int:
@@ -110,9 +113,10 @@ def build_product(
         ledger=ledger,
         kie=TimedKie(kie),
         bot=bot,
-        notices=JobNotices(bot=bot, notifier=outbox, jobs=jobs, clock=payment_store.clock),
+        notices=JobNotices(bot=bot, notifier=outbox, jobs=jobs, clock=clock),
         settings=settings,
         hooks=JobScopes(),
+        clock=clock,
     )
     admin = AdminService(db=db, ledger=ledger, jobs=jobs, store=payment_store, payments=payments)
     services = Services(db, ledger, jobs, generation, payments, admin)

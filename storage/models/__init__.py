@@ -7,7 +7,7 @@ all (alembic/env.py and the migration tests need every table).
 
 from __future__ import annotations
 
-from storage.models.base import NAMING_CONVENTION, metadata, table_of, utc_column
+from storage.models.base import NAMING_CONVENTION, metadata, serial_id, table_of, utc_column
 from storage.models.conversation import ConversationState, ProcessedUpdate
 from storage.models.jobs import JOB_STATES, Job, JobEvent
 from storage.models.money import (
@@ -53,6 +53,7 @@ __all__ = [
     "Transfer",
     "User",
     "metadata",
+    "serial_id",
     "table_of",
     "utc_column",
 ]

@@ -18,7 +18,7 @@ from sqlalchemy import (
 from sqlmodel import Field, SQLModel
 
 from storage.job_states import JobState
-from storage.models.base import utc_column
+from storage.models.base import serial_id, utc_column
 
 # Plain strings: the CHECK constraint's text, as the migrations wrote it.
 JOB_STATES = tuple(state.value for state in JobState)
@@ -73,12 +73,7 @@ class JobEvent(SQLModel, table=True):
 
     __tablename__ = "job_events"
 
-    id: int | None = Field(
-        default=None,
-        sa_column=Column(
-            BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
-        ),
-    )
+    id: int | None = serial_id()
     job_id: str = Field(
         sa_column=Column(String(32), ForeignKey("jobs.id"), nullable=False, index=True)
     )

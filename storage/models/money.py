@@ -18,7 +18,7 @@ from sqlalchemy import (
 )
 from sqlmodel import Field, SQLModel
 
-from storage.models.base import utc_column
+from storage.models.base import serial_id, utc_column
 
 # Amounts are kopecks in BigInteger columns: integers, never floats. The
 # account row carries TigerBeetle's four running totals so that the one rule
@@ -136,12 +136,7 @@ class Entry(SQLModel, table=True):
         Index("ix_entries_account_id_id", "account_id", "id"),
     )
 
-    id: int | None = Field(
-        default=None,
-        sa_column=Column(
-            BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
-        ),
-    )
+    id: int | None = serial_id()
     transfer_id: str = Field(
         sa_column=Column(String(64), ForeignKey("transfers.id"), nullable=False, index=True)
     )

@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import BigInteger, CheckConstraint, Column, ForeignKey, Integer, String
 from sqlmodel import Field, SQLModel
 
-from storage.models.base import utc_column
+from storage.models.base import serial_id, utc_column
 
 ORDER_STATES = ("created", "paid", "expired")
 
@@ -101,12 +101,7 @@ class AdminAudit(SQLModel, table=True):
 
     __tablename__ = "admin_audit"
 
-    id: int | None = Field(
-        default=None,
-        sa_column=Column(
-            BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
-        ),
-    )
+    id: int | None = serial_id()
     admin_id: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
     command: str = Field(sa_column=Column(String(32), nullable=False))
     args: str = Field(sa_column=Column(String(500), nullable=False))
