@@ -33,6 +33,7 @@ from kie.client import KieClient
 from kie.fake_script import Behaviour
 from kie.fake_server import FakeKie
 from pricing.catalog import Catalog
+from pricing.source import CatalogSource
 from storage.conversation_store import SqlStateStore
 from storage.db import create_engine
 from storage.jobs import JobStore
@@ -65,6 +66,7 @@ class Screen:
         raise AssertionError(f"no button {label!r} on screen: {[t for t, _ in self.flat()]}")
 
 
+_PRICES = CatalogSource()
 _sqlite_template: Path | None = None
 
 
@@ -283,7 +285,9 @@ async def running_stack(
             settings=settings,
             kie=client,
             media_secret="test-media-secret",
-            catalog=catalog,
+            # The price file read and validated once per process, not once per stack; it
+            # is reread all the same if it changes.
+            catalog=catalog if catalog is not None else _PRICES,
             payment_settings=payment_settings or PaymentSettings(),
             flood=flood,
             flood_clock=flood_clock,

@@ -79,7 +79,7 @@ def build_product(
     settings: GenerationSettings,
     kie: KieClient,
     media_secret: str,
-    catalog: Catalog | None = None,
+    catalog: Catalog | CatalogSource | None = None,
     payment_settings: PaymentSettings | None = None,
     flood: FloodLimits | None = None,
     flood_clock: Callable[[], float] = time.monotonic,
