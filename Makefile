@@ -21,14 +21,14 @@ lint: $(STAMP)
 	$(BIN)/mypy --strict engine flows storage pricing kie trt
 
 # The suite runs in parallel (pytest-xdist): every test has a database of its own, the
-# fault cases stay on one worker (loadgroup). More workers than cores: many tests wait
+# fault cases stay on one worker (tests/conftest.py, loadscope). More workers than cores: many tests wait
 # on sockets and timers, not the CPU.
 TEST_WORKERS ?= 4
 
 test: lint
 	$(BIN)/trt flows check
 	$(BIN)/trt pricing check
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadscope
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.engine_bench

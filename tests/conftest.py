@@ -31,6 +31,29 @@ from tests.harness import migrated_sqlite
 
 _T = TypeVar("_T")
 
+# ---------------------------------------------------------------- parallel runs
+
+# Modules whose tests share a costly session fixture (a running `trt serve`): under
+# pytest-xdist they run on one worker, which starts it once.
+ONE_WORKER_MODULES = frozenset({"tests/test_faults.py"})
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadscope`: every test its own scope, so workers balance as with `load`,
+    except the modules of ONE_WORKER_MODULES, each one scope. (`--dist loadgroup` with
+    an `xdist_group` mark would say the same, but does not group on this pytest.)"""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module in ONE_WORKER_MODULES else nodeid
+
+    return Scheduling(config, log)
+
+
 # ---------------------------------------------------------------- databases
 
 DEFAULT_TEST_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
