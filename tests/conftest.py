@@ -33,9 +33,11 @@ _T = TypeVar("_T")
 
 # ---------------------------------------------------------------- parallel runs
 
-# Modules whose tests share a costly session fixture (a running `trt serve`): under
-# pytest-xdist they run on one worker, which starts it once.
-ONE_WORKER_MODULES = frozenset({"tests/test_faults.py"})
+# Modules whose tests run on one pytest-xdist worker, one test at a time: the fault
+# cases share a costly session fixture (a running `trt serve`, started once), and each
+# ledger race opens up to 50 PostgreSQL connections (the server allows 100 in all; two
+# races at once on two workers were refused "too many clients").
+ONE_WORKER_MODULES = frozenset({"tests/test_faults.py", "tests/test_ledger_concurrency.py"})
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:

@@ -1,15 +1,17 @@
 """A separate OS process for the ledger concurrency tests (tests/test_ledger_concurrency.py).
 
-Run as ``python -m tests.ledger_worker``. The protocol, line by line:
+Forked from a warm interpreter (tests.warm) with one end of a multiprocessing Pipe,
+`serve(connection)`; ``python -m tests.ledger_worker`` speaks the same protocol as
+lines on stdin and stdout. The protocol:
 
-1. stdin: one JSON object, the job: ``url`` (the database), ``now`` (ISO time of the
+1. in: the job, a JSON object: ``url`` (the database), ``now`` (ISO time of the
    worker's fixed clock: required, since time is an input and the test's holds were made
    at a fixed date that the wall clock leaves behind) and ``calls``, a list of
    ``{"op": "hold" | "post" | "void" | "expire_due", ...}`` with the call's arguments
    (``expires_in`` in seconds).
-2. stdout: ``ready``, once the engine is up and its pool holds a connection per call.
-3. stdin: ``go`` (any line): every call is fired at once with asyncio.gather.
-4. stdout: one JSON object: ``outcomes`` (one per call, in order: ``{"ok": true,
+2. out: ``ready``, once the engine is up and its pool holds a connection per call.
+3. in: ``go``: every call is fired at once with asyncio.gather.
+4. out: the report, a JSON object: ``outcomes`` (one per call, in order: ``{"ok": true,
    "record": {...}}``, ``{"ok": true, "expired": [...]}`` for a sweep, or ``{"ok": false,
    "error": "InsufficientFunds", "message": ...}``) and ``started`` / ``finished``
    (wall-clock seconds around the gather, to show that the processes overlapped) and
@@ -27,7 +29,8 @@ import logging
 import sys
 import time
 from datetime import datetime, timedelta
-from typing import Any
+from multiprocessing.connection import Connection
+from typing import Any, Protocol
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -97,8 +100,39 @@ async def _warm(engine: AsyncEngine, connections: int) -> None:
     await asyncio.gather(*(one() for _ in range(connections)))
 
 
-async def main() -> None:
-    job = json.loads(sys.stdin.readline())
+class Channel(Protocol):
+    """The worker's side of the protocol: lines from the test, lines to it."""
+
+    def receive(self) -> str: ...
+
+    def send(self, line: str) -> None: ...
+
+
+class Lines:
+    """stdin and stdout, for ``python -m tests.ledger_worker``."""
+
+    def receive(self) -> str:
+        return sys.stdin.readline()
+
+    def send(self, line: str) -> None:
+        print(line, flush=True)
+
+
+class Piped:
+    """One end of a multiprocessing Pipe, for a forked worker."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    def receive(self) -> str:
+        return str(self.connection.recv())
+
+    def send(self, line: str) -> None:
+        self.connection.send(line)
+
+
+async def main(channel: Channel) -> None:
+    job = json.loads(channel.receive())
     calls: list[dict[str, Any]] = job["calls"]
     fixed = datetime.fromisoformat(job["now"])
     settings = DatabaseSettings(
@@ -114,8 +148,8 @@ async def main() -> None:
         ledger = Ledger(engine, clock=lambda: fixed)
         # SQLite engines keep their default pool (5 + 10 overflow): warm what fits.
         await _warm(engine, min(len(calls), 15) if "sqlite" in job["url"] else len(calls))
-        print("ready", flush=True)
-        await asyncio.to_thread(sys.stdin.readline)
+        channel.send("ready")
+        await asyncio.to_thread(channel.receive)
         started = time.time()
         outcomes = await asyncio.gather(*(_call(ledger, call) for call in calls))
         finished = time.time()
@@ -127,8 +161,13 @@ async def main() -> None:
         "finished": finished,
         "deadlocks": deadlocks.count,
     }
-    print(json.dumps(report), flush=True)
+    channel.send(json.dumps(report))
+
+
+def serve(connection: Connection) -> None:
+    """A forked worker's life: the protocol over `connection`, then exit."""
+    asyncio.run(main(Piped(connection)))
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(main(Lines()))

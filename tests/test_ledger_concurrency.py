@@ -13,10 +13,11 @@ import asyncio
 import json
 import logging
 import random
-import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from storage.ledger import (
     TransferRecord,
 )
 from storage.users import ensure_user
+from tests import ledger_worker, warm
 from tests.ledger_support import START, Clock, check_invariants
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,48 +123,46 @@ def hold_call(hold_id: str, account: int, amount: int, expires_in: float = 600) 
 async def race(url: str, *jobs: Job) -> list[dict[str, Any]]:
     """Runs one worker process per job against `url`, all released at once; their reports.
 
+    Workers are forked from a warm interpreter (tests.warm): processes of their own,
+    each with its own engine and connections, without a second of imports each.
     A job without its own `now` runs at START, the clock the test's holds were made
     with: a worker on the wall clock would see those holds expire once that date passed.
     """
-    procs: list[asyncio.subprocess.Process] = []
+    context = warm.forkserver()
+    workers: list[tuple[BaseProcess, Connection]] = []
+
+    async def receive(connection: Connection) -> str:
+        if not await asyncio.to_thread(connection.poll, WORKER_TIMEOUT_S):
+            raise TimeoutError("a ledger worker did not answer")
+        return str(connection.recv())
+
     try:
         for job in jobs:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "tests.ledger_worker",
-                cwd=ROOT,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
-            procs.append(proc)
-            assert proc.stdin is not None
-            proc.stdin.write(
-                json.dumps({"url": url, "now": START.isoformat(), **job}).encode() + b"\n"
-            )
-            await proc.stdin.drain()
-        for proc in procs:
-            assert proc.stdout is not None and proc.stderr is not None
-            line = await asyncio.wait_for(proc.stdout.readline(), WORKER_TIMEOUT_S)
-            if line.strip() != b"ready":
-                err = await asyncio.wait_for(proc.stderr.read(), WORKER_TIMEOUT_S)
-                pytest.fail(f"worker did not start: {line!r}\n{err.decode()}")
-        for proc in procs:  # the barrier: every worker is warm, now all go
-            assert proc.stdin is not None
-            proc.stdin.write(b"go\n")
-        outputs = await asyncio.wait_for(
-            asyncio.gather(*(proc.communicate() for proc in procs)), WORKER_TIMEOUT_S
-        )
+            ours, theirs = context.Pipe()
+            process = context.Process(target=ledger_worker.serve, args=(theirs,))
+            process.start()
+            theirs.close()
+            workers.append((process, ours))
+            ours.send(json.dumps({"url": url, "now": START.isoformat(), **job}))
+        for process, connection in workers:
+            line = await receive(connection)
+            if line != "ready":
+                pytest.fail(f"worker {process.pid} did not start: {line!r}")
+        for _, connection in workers:  # the barrier: every worker is warm, now all go
+            connection.send("go")
+        lines = await asyncio.gather(*(receive(connection) for _, connection in workers))
+        for process, _ in workers:
+            await asyncio.to_thread(process.join, WORKER_TIMEOUT_S)
     finally:
-        for proc in procs:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+        for process, connection in workers:
+            connection.close()
+            if process.exitcode is None:
+                process.kill()
+                process.join()
     reports = []
-    for proc, (out, err) in zip(procs, outputs, strict=True):
-        assert proc.returncode == 0, err.decode()
-        report = json.loads(out.decode().strip().splitlines()[-1])
+    for (process, _), line in zip(workers, lines, strict=True):
+        assert process.exitcode == 0, f"worker {process.pid} exited with {process.exitcode}"
+        report = json.loads(line)
         unexpected = [o for o in report["outcomes"] if o.get("unexpected")]
         assert unexpected == [], unexpected
         reports.append(report)

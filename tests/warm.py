@@ -30,13 +30,15 @@ from multiprocessing.context import ForkServerContext
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
-# What `trt serve` and `trt run` import before they read a setting.
-PRELOAD = ["trt.cli", "trt.serve", "trt.run", "trt.product"]
+# What `trt serve` and `trt run` import before they read a setting, and the ledger
+# tests' worker (one forkserver serves a test process: its preload is set once).
+PRELOAD = ["trt.cli", "trt.serve", "trt.run", "trt.product", "tests.ledger_worker"]
 
 _context: ForkServerContext | None = None
 
 
-def _forkserver() -> ForkServerContext:
+def forkserver() -> ForkServerContext:
+    """The warm interpreter this test process forks from."""
     global _context
     if _context is None:
         _context = multiprocessing.get_context("forkserver")
@@ -101,7 +103,7 @@ class Trt:
         self.stdout_path = stdout or self._dir / "stdout"
         self.stderr_path = stderr or self._dir / "stderr"
         io = (str(stdin_path), str(self.stdout_path), str(self.stderr_path))
-        self._process: BaseProcess = _forkserver().Process(
+        self._process: BaseProcess = forkserver().Process(
             target=_main, args=(list(args), dict(env), str(cwd), io), daemon=False
         )
         self._process.start()
