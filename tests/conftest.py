@@ -33,25 +33,28 @@ _T = TypeVar("_T")
 
 # ---------------------------------------------------------------- parallel runs
 
-# Modules whose tests run on one pytest-xdist worker, one test at a time: the fault
-# cases share a costly session fixture (a running `trt serve`, started once), and each
-# ledger race opens up to 50 PostgreSQL connections (the server allows 100 in all; two
-# races at once on two workers were refused "too many clients").
-ONE_WORKER_MODULES = frozenset({"tests/test_faults.py", "tests/test_ledger_concurrency.py"})
+# Modules whose tests run together on one pytest-xdist worker, one test at a time: the
+# fault cases share a costly session fixture (a running `trt serve`, started once); the
+# ledger races open up to 50 PostgreSQL connections each and test_ledger's pool test 20
+# (the server allows 100 in all: two races at once were refused "too many clients").
+ONE_WORKER_GROUPS = {
+    "tests/test_faults.py": "faults",
+    "tests/test_ledger_concurrency.py": "many-connections",
+    "tests/test_ledger.py": "many-connections",
+}
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """`--dist loadscope`: every test its own scope, so workers balance as with `load`,
-    except the modules of ONE_WORKER_MODULES, each one scope. (`--dist loadgroup` with
-    an `xdist_group` mark would say the same, but does not group on this pytest.)"""
+    except the modules of ONE_WORKER_GROUPS, one scope per group. (`--dist loadgroup`
+    with an `xdist_group` mark would say the same, but does not group on this pytest.)"""
     if config.getvalue("dist") != "loadscope":
         return None
     from xdist.scheduler import LoadScopeScheduling
 
     class Scheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::", 1)[0]
-            return module if module in ONE_WORKER_MODULES else nodeid
+            return ONE_WORKER_GROUPS.get(nodeid.split("::", 1)[0], nodeid)
 
     return Scheduling(config, log)
 

@@ -29,7 +29,7 @@ from tests.faults.database import Database, create_postgres, create_sqlite, drop
 from tests.faults.world import World, open_world
 
 # One `trt serve` per database: starting it costs seconds. One worker runs them all
-# (tests/conftest.py: ONE_WORKER_MODULES), and the worlds live for the session, so that
+# (tests/conftest.py: ONE_WORKER_GROUPS), and the worlds live for the session, so that
 # a worker running other tests in between does not start them again.
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 _numbers = itertools.count(1)
