@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from engine.registry import Context, Option, Outcome, Registry
-from flows.job_words import status_key
+from flows.job_words import job_title, status_key
 from flows.text_keys import MOVEMENT_REASONS
 from pricing.money import rub
 from storage.job_states import JobState
@@ -22,10 +22,6 @@ if TYPE_CHECKING:  # at run time only the services need them: `trt flows check` 
 
 HISTORY_LINES = 10
 MOVEMENTS = 5
-
-
-def _title(job: JobRecord) -> str:
-    return str(job.request.get("title", job.model_id))
 
 
 def _movement(ctx: Context, line: StatementLine) -> str:
@@ -40,7 +36,7 @@ def _history_line(ctx: Context, job: JobRecord) -> str:
     when = job.created_at.strftime("%d.%m %H:%M")
     price = ctx.text("price_free") if job.price == 0 else rub(job.price, ctx.locale)
     status = ctx.text(status_key(job.state))
-    return f"• {when} — {_title(job)}, {price}, {status}"
+    return f"• {when} — {job_title(job)}, {price}, {status}"
 
 
 def register_account_screens(registry: Registry, services: Callable[[], Services]) -> None:
@@ -74,7 +70,7 @@ def register_account_screens(registry: Registry, services: Callable[[], Services
     async def history_jobs(ctx: Context) -> Sequence[Option]:
         jobs = await services().jobs.recent(ctx.user_id, HISTORY_LINES)
         return [
-            Option(job.id, f"📥 {_title(job)} · {job.created_at.strftime('%d.%m %H:%M')}")
+            Option(job.id, f"📥 {job_title(job)} · {job.created_at.strftime('%d.%m %H:%M')}")
             for job in jobs
             if job.state in (JobState.CHARGED, JobState.LOST) and job.result_urls
         ]
@@ -84,7 +80,7 @@ def register_account_screens(registry: Registry, services: Callable[[], Services
         job = await services().jobs.get(str(ctx.data.get("job")))
         if job is None or job.user_id != ctx.user_id:
             raise LookupError(f"job {ctx.data.get('job')!r} is not this user's")
-        caption = ctx.text("result_caption").format(model=_title(job))
+        caption = ctx.text("result_caption").format(model=job_title(job))
         from flows.generation.delivery import deliver_result
 
         await deliver_result(

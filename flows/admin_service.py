@@ -24,7 +24,7 @@ from storage.ledger_values import Refusal
 from storage.payments import PaymentStore, audit_row, write_audit
 from storage.users import find_account
 
-# Writes the command's audit row in the transfer's transaction, given how it ended.
+# The words an audit row keeps of a transfer, given how it ended.
 AuditedBy = Callable[[TransferRecord | Refusal], str]
 
 

@@ -111,22 +111,20 @@ class JobStore:
     ) -> JobRecord | None:
         """Moves the job to `to` if it is in one of `expected` (and, with `due_by`, its
         `next_check_at` has come by then: a lease that expired); None when another won."""
-        now = self.clock()
+        now, state = self.clock(), JobState(to).value
         condition = [_jobs.c.id == job_id, _jobs.c.state.in_([JobState(s).value for s in expected])]
         if due_by is not None:
             condition.append(_jobs.c.next_check_at <= due_by)
         async with write_transaction(self.engine) as conn:
             moved = await conn.execute(
-                update(_jobs)
-                .where(*condition)
-                .values(state=JobState(to).value, updated_at=now, **changes)
+                update(_jobs).where(*condition).values(state=state, updated_at=now, **changes)
             )
             if moved.rowcount != 1:
                 return None
             await conn.execute(
                 insert(_events).values(
                     job_id=job_id,
-                    state=JobState(to).value,
+                    state=state,
                     at=now,
                     detail=(detail or None) and detail[:300],
                 )

@@ -68,14 +68,16 @@ class Screen:
 
 _PRICES = CatalogSource()
 _sqlite_template: Path | None = None
+_template_dir: tempfile.TemporaryDirectory[str] | None = None  # removed at process exit
 
 
 def migrated_sqlite(path: Path) -> str:
     """The URL of a migrated SQLite database at `path`: a copy of one this process
     migrated once (the migrations themselves are tested in test_migrations.py)."""
-    global _sqlite_template
+    global _sqlite_template, _template_dir
     if _sqlite_template is None:
-        template = Path(tempfile.mkdtemp(prefix="trt-template-")) / "migrated.db"
+        _template_dir = tempfile.TemporaryDirectory(prefix="trt-template-")
+        template = Path(_template_dir.name) / "migrated.db"
         upgrade_to_head(f"sqlite+aiosqlite:///{template}")
         _sqlite_template = template
     # The backup API copies a consistent database whatever its journal mode.

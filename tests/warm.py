@@ -35,6 +35,16 @@ from pathlib import Path
 PRELOAD = ["trt.cli", "trt.serve", "trt.run", "trt.product", "tests.ledger_worker"]
 
 _context: ForkServerContext | None = None
+# Each started program's stdin and output files, removed when this test process exits
+# (made on first use: a forked child imports this module too, and makes none).
+_scratch: tempfile.TemporaryDirectory[str] | None = None
+
+
+def _scratch_dir() -> str:
+    global _scratch
+    if _scratch is None:
+        _scratch = tempfile.TemporaryDirectory(prefix="trt-warm-")
+    return _scratch.name
 
 
 def forkserver() -> ForkServerContext:
@@ -96,7 +106,7 @@ class Trt:
     ) -> None:
         """`stdin` is all the program reads, or `stdin_path` names what it reads from
         (a FIFO the test writes to); its output goes to files."""
-        self._dir = Path(tempfile.mkdtemp(prefix="trt-warm-"))
+        self._dir = Path(tempfile.mkdtemp(dir=_scratch_dir()))
         if stdin_path is None:
             stdin_path = self._dir / "stdin"
             stdin_path.write_text(stdin, encoding="utf-8")

@@ -48,7 +48,6 @@ from storage.jobs import JobStore
 from storage.ledger import Ledger
 from storage.payments import PaymentStore
 from storage.settings import DatabaseSettings
-from storage.users import ensure_user
 from trt.app import build_dispatcher
 from trt.flood import FloodLimits
 from trt.observability.jobs import CorrelatedJobs, JobScopes, TimedKie
@@ -96,9 +95,6 @@ def build_product(
     jobs = CorrelatedJobs(job_store)
     payment_store = PaymentStore(db)
 
-    async def account(user_id: int, locale: str) -> int:
-        return await ensure_user(db, user_id, language=locale)
-
     payments = PaymentsService(
         store=payment_store,
         ledger=ledger,
@@ -106,7 +102,6 @@ def build_product(
         notifier=outbox,
         settings=pay,
         packages=load_packages(with_rub=pay.payment_provider_token is not None),
-        account=account,
     )
     generation = GenerationService(
         jobs=jobs,

@@ -19,15 +19,12 @@ from aiogram.exceptions import TelegramAPIError
 
 from engine.outbox import Notifier
 from flows.generation.ports import Jobs
+from flows.job_words import job_title
 from flows.text_keys import PROGRESS_STATES
 from pricing.money import rub
 from storage.jobs import JobRecord
 
 log = logging.getLogger(__name__)
-
-
-def title(job: JobRecord) -> str:
-    return str(job.request.get("title", job.model_id))
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +46,7 @@ class JobNotices:
         """The caption and the link text of a delivered result."""
         text = self.notifier.text
         return ResultWords(
-            caption=text("result_caption", job.locale).format(model=title(job)),
+            caption=text("result_caption", job.locale).format(model=job_title(job)),
             link=text("result_link", job.locale),
         )
 
@@ -67,7 +64,7 @@ class JobNotices:
             if job.price == 0
             else text("charged_paid", job.locale).format(price=rub(job.price, job.locale))
         )
-        await self._show(job, "job_result", {"job_model": title(job), "job_charge": charge})
+        await self._show(job, "job_result", {"job_model": job_title(job), "job_charge": charge})
 
     async def released(self, job: JobRecord) -> None:
         """The progress message says failed, and the failure screen says why."""
@@ -76,7 +73,7 @@ class JobNotices:
         await self._show(
             job,
             "job_failed",
-            {"job_model": title(job), "job_reason": self.notifier.text(reason, job.locale)},
+            {"job_model": job_title(job), "job_reason": self.notifier.text(reason, job.locale)},
         )
 
     async def _show(self, job: JobRecord, state: str, extra: dict[str, Any]) -> None:
@@ -90,12 +87,12 @@ class JobNotices:
         """One message per job, edited as it moves: the user never waits in silence.
         An ending (`first` False) edits it only: a job finished before any progress
         was shown needs none, its result says it all."""
+        if job.progress_message_id is None and not first:
+            return
         elapsed = int((self.clock() - job.created_at).total_seconds())
-        text = self.notifier.text(key, job.locale).format(model=title(job), seconds=elapsed)
+        text = self.notifier.text(key, job.locale).format(model=job_title(job), seconds=elapsed)
         try:
             if job.progress_message_id is None:
-                if not first:
-                    return
                 sent = await self.bot.send_message(job.chat_id, text)
                 await self.jobs.update(job.id, progress_message_id=sent.message_id)
             else:

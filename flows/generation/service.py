@@ -43,6 +43,7 @@ from flows.generation.ports import Jobs, Kie, NoHooks, StepHooks
 from flows.generation.request import GenerationRequest
 from flows.generation.safe_fetch import ResultFetcher
 from flows.generation.settings import GenerationSettings
+from flows.job_words import job_title
 from kie.errors import CreateOutcomeUnknown, KieError, NotFound
 from kie.task import TaskInfo
 from storage.errors import is_unavailable
@@ -165,7 +166,7 @@ class GenerationService:
                 job.price,
                 expires_in=self.settings.hold_timeout,
                 reason="generation",
-                note=str(job.request.get("title", job.model_id))[:200],
+                note=job_title(job)[:200],
             )
         except InsufficientFunds:
             return "insufficient_funds"

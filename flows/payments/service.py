@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import html
 import logging
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 from aiogram import Bot
@@ -37,7 +36,7 @@ from pricing.money import rub
 from pricing.topups import STARS, Package
 from storage.ledger import HoldNotPending, InsufficientFunds, Ledger
 from storage.payments import PaymentRecord, PaymentStore, PromoRefused
-from storage.users import referrer_of
+from storage.users import ensure_user, referrer_of
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +66,6 @@ class PaymentsService:
         notifier: Notifier,
         settings: PaymentSettings,
         packages: list[Package],
-        account: Callable[[int, str], Awaitable[int]],
     ) -> None:
         self.store = store
         self.ledger = ledger
@@ -76,7 +74,10 @@ class PaymentsService:
         self.text = notifier.text
         self.settings = settings
         self.packages = {p.id: p for p in packages}
-        self.account = account
+
+    async def account(self, user_id: int, locale: str) -> int:
+        """The user's account, created on first use (on the ledger's database)."""
+        return await ensure_user(self.ledger.engine, user_id, language=locale)
 
     # ------------------------------------------------------------ invoices
 
