@@ -15,8 +15,8 @@ stderr, the report to stdout.
    in one process with DB_POOL_PRE_PING=true (the default is off), to show what the
    ping costs. Backends: SQLite (a file in a temp dir: the app's engine, WAL) and
    PostgreSQL (a scratch database migrated with ``upgrade_to_head``; each ledger
-   call is one call of its function from migration 0005). Each pair is two ledger
-   transactions. Besides pairs/s: pair latency (hold start to post end), SQL
+   call is one call of its function, generated from ``storage.ledger_program``).
+   Each pair is two ledger transactions. Besides pairs/s: pair latency (hold start to post end), SQL
    statements or ledger function calls per pair (BEGIN, COMMIT and the pool's
    pre-ping not counted),
    CPU per pair of the client process(es) (for SQLite that includes SQLite
@@ -79,7 +79,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from storage import ledger_functions
 from storage.db import create_engine
-from storage.ledger import ACCOUNT_TOTALS_SQL, SHARDS, Ledger, balance_query, statement_query
+from storage.ledger import ACCOUNT_TOTALS_SQL, Ledger, balance_query, statement_query
 from storage.migrate import upgrade_to_head
 from storage.settings import DatabaseSettings
 from storage.users import ensure_user
@@ -688,13 +688,11 @@ _LEDGER_SCRIPT = """\
 \\set k random(1, 999999999999)
 SELECT ledger_hold(p_id => {H}, p_hash => md5('h' || {H}) || md5('x' || {H}), p_now => now(),
   p_account => :acct, p_amount => :amt, p_timeout_at => now() + interval '60 seconds',
-  p_destination => :revenue, p_reason => 'bench', p_note => NULL, p_shards => {SHARDS});
+  p_destination => :revenue, p_reason => 'bench', p_note => NULL);
 SELECT ledger_post(p_id => {P}, p_hash => md5('p' || {P}) || md5('y' || {P}), p_now => now(),
-  p_hold => {H}, p_amount => NULL, p_shards => {SHARDS});
+  p_hold => {H}, p_amount => NULL, p_expiry_id => 'x:' || {H});
 """
-LEDGER_SCRIPT = (
-    _LEDGER_SCRIPT.replace("{H}", _H).replace("{P}", _P).replace("{SHARDS}", str(SHARDS))
-)
+LEDGER_SCRIPT = _LEDGER_SCRIPT.replace("{H}", _H).replace("{P}", _P)
 
 
 @dataclass(slots=True)

@@ -20,11 +20,13 @@ deadlock. A CHECK constraint on the account row is the last line (I2). Lock
 conflicts, serialization failures and duplicate-key races roll the whole
 transaction back and run it again: there are never partial entries (S15).
 
-Two paths, one behaviour. SQLite runs the portable path written here, statement
-by statement. PostgreSQL runs each write as a single call of a PL/pgSQL function
-(migration 0005, `storage.ledger_functions`) that takes the same steps, because
-round trips and the driver's per-statement CPU were what kept 16 workers far
-below 1000 hold+post pairs/s. Every ledger test runs on both databases.
+One authority. What each operation does is written once, in
+`storage.ledger_program`. SQLite runs those programs statement by statement
+(`storage.ledger_interpreter`); PostgreSQL runs each as one call of a function
+compiled from the same statements (`storage.ledger_plpgsql`, installed by `trt
+migrate`), because round trips and the driver's per-statement CPU were what kept
+16 workers far below 1000 hold+post pairs/s. This class checks arguments, picks
+the system accounts, retries and raises. Every ledger test runs on both databases.
 """
 
 from __future__ import annotations
@@ -35,13 +37,14 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import BigInteger, Select, and_, case, cast, func, insert, or_, select, update
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import BigInteger, Select, and_, case, cast, func, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from storage import ledger_functions as functions
 from storage.db import SQLITE_BEGIN, sqlite_writer
+from storage.ledger_interpreter import Interpreter
+from storage.ledger_program import NOW, TOTALS, expiry
 from storage.ledger_values import (
     Balance,
     ExceedsHold,
@@ -56,12 +59,10 @@ from storage.ledger_values import (
     TransferRecord,
     UnknownAccount,
     UnknownHold,
-    conflict,
-    refusal_from,
-    transfer_record,
+    outcome_of,
     utc,
 )
-from storage.models import Account, AccountShard, Entry, Hold, IdempotencyKey, Transfer, table_of
+from storage.models import Account, AccountShard, Entry, Hold, Transfer, table_of
 from storage.retry import is_transient_or_duplicate, with_retries
 
 __all__ = [
@@ -86,10 +87,8 @@ _accounts = table_of(Account)
 _transfers = table_of(Transfer)
 _entries = table_of(Entry)
 _holds = table_of(Hold)
-_keys = table_of(IdempotencyKey)
 _shards = table_of(AccountShard)
 
-SCOPE = "ledger"
 MAX_ID_LENGTH = 62  # the column holds 64: room for the "x:" of an expiry's id
 EXPIRY_PREFIX = "x:"
 ATTEMPTS = 12
@@ -97,13 +96,8 @@ ATTEMPTS = 12
 # pool holds (DB_POOL_SIZE + DB_MAX_OVERFLOW), all of which a server restart kills.
 DROPPED_CONNECTIONS = 64
 BACKOFF_BASE_S = 0.005
-# Rows per system account for its running totals, chosen by the user's account id.
-# With 16 concurrent writers, a given one shares its shard with another about a fifth
-# of the time, and then waits for that one commit only; a balance sums at most 64 rows.
-SHARDS = 64
-TOTALS = ("debits_pending", "debits_posted", "credits_pending", "credits_posted")
 
-# What a keyed operation's PostgreSQL function takes beyond id, hash, clock and shards.
+# What a keyed operation's program takes beyond id, hash and clock.
 Arguments = Callable[[AsyncConnection, datetime], Awaitable[dict[str, Any]]]
 # Writes that belong to a transfer (its audit row, the promo claim it pays): run in the
 # transfer's own transaction with its fresh outcome, never on a replay.
@@ -132,6 +126,21 @@ def _check_amount(amount: int, *, allow_zero: bool = False) -> None:
         raise ValueError(f"amount must be positive kopecks, got {amount}")
 
 
+def _expiry_id(hold_id: str) -> str:
+    # Deterministic, so the sweeper and a late post can never expire one hold twice.
+    return EXPIRY_PREFIX + hold_id
+
+
+def _expiry_arguments(hold_id: str, now: datetime) -> dict[str, Any]:
+    """The sweeper's call of `resolve`: the same expiry a late post makes."""
+    call = expiry(hold_id, _expiry_id(hold_id))
+    return {name: now if arg is NOW else arg for name, arg in call.args.items()}
+
+
+def _is_new(result: dict[str, Any]) -> bool:
+    return "replay" not in result and "conflict" not in result
+
+
 # ------------------------------------------------------------------ ledger
 
 
@@ -150,9 +159,10 @@ class Ledger:
         self.clock = clock or (lambda: datetime.now(UTC))
         self.fault = fault
         self._system: dict[str, int] = {}
-        # PostgreSQL runs each write as one call of a function of migration 0005;
-        # SQLite (one writer at a time, no round trips) runs the portable path below.
+        # PostgreSQL runs each program as one call of its function; SQLite (one writer
+        # at a time, no round trips) runs it statement by statement.
         self._functions = engine.dialect.name == "postgresql"
+        self._interpreter = None if self._functions else Interpreter(engine.dialect.name)
 
     # ------------------------------------------------------------ plumbing
 
@@ -160,9 +170,30 @@ class Ledger:
         if self.fault is not None:
             self.fault(point)
 
+    async def _run(
+        self,
+        program: str,
+        arguments: Arguments,
+        also: Callable[[AsyncConnection, dict[str, Any]], Awaitable[None]] | None = None,
+    ) -> dict[str, Any]:
+        """Runs a program once, its own transaction (run again from the start on a
+        conflict: never half-applied). `also(conn, result)` shares that transaction."""
+        if self._interpreter is None:
+            return await self._function(program, arguments, also)
+        interpreter = self._interpreter
+
+        async def once(conn: AsyncConnection) -> dict[str, Any]:
+            now = self.clock()
+            values = {"now": now, **await arguments(conn, now)}
+            result = await interpreter.run(conn, program, values, self._checkpoint)
+            if also is not None:
+                await also(conn, result)
+            return result
+
+        return await self._transaction(once)
+
     async def _transaction(self, work: Callable[[AsyncConnection], Awaitable[_T]]) -> _T:
-        """One transaction of the portable path, run again from the start on a conflict
-        (never half-applied)."""
+        """One transaction on SQLite, run again from the start on a conflict."""
 
         async def once() -> _T:
             async with sqlite_writer(self.engine), self.engine.connect() as conn:
@@ -176,8 +207,7 @@ class Ledger:
 
     async def _function(
         self,
-        function: str,
-        operation: str | None,
+        program: str,
         arguments: Arguments,
         also: Callable[[AsyncConnection, dict[str, Any]], Awaitable[None]] | None = None,
     ) -> dict[str, Any]:
@@ -186,14 +216,16 @@ class Ledger:
         an expiry finds its hold resolved). With a fault hook, the points the call went
         through are passed inside its transaction, so a fault raised there rolls it all
         back. With `also`, the call and `also(conn, result)` share one transaction."""
+        function = f"ledger_{program}"
 
         def then(result: dict[str, Any]) -> None:
-            self._passed(functions.passed_points(operation, result))
+            for point in functions.passed_points(result):
+                self._checkpoint(point)
 
         async def once() -> dict[str, Any]:
             async with self.engine.connect() as conn:
                 now = self.clock()
-                args = {"now": now, "shards": SHARDS, **await arguments(conn, now)}
+                args = {"now": now, **await arguments(conn, now)}
                 if also is not None:
                     if not conn.in_transaction():
                         await conn.begin()
@@ -228,67 +260,28 @@ class Ledger:
         operation: str,
         key: str,
         params: dict[str, Any],
-        work: Callable[[AsyncConnection, datetime], Awaitable[TransferRecord | Refusal]],
         arguments: Arguments,
         also: Companion | None = None,
     ) -> TransferRecord:
-        """Runs `work` (or on PostgreSQL its function, with `arguments`) once per key;
-        later calls replay its outcome (I6, I9). `also` runs in the same transaction
-        when the outcome is new (a transfer or a refusal, not a replay), so what it
-        writes commits with the money or not at all; raising there undoes the call."""
+        """Runs the operation's program once per key; later calls replay its outcome
+        (I6, I9). `also` runs in the same transaction when the outcome is new (a
+        transfer or a refusal, not a replay), so what it writes commits with the money
+        or not at all; raising there undoes the call."""
         _check_id(key)
         digest = _request_hash(operation, params)
 
         async def keyed(conn: AsyncConnection, now: datetime) -> dict[str, Any]:
             return {"id": key, "hash": digest, **await arguments(conn, now)}
 
-        async def attempt(conn: AsyncConnection) -> TransferRecord | Refusal:
-            found = (
-                await conn.execute(
-                    select(_keys.c.request_hash, _keys.c.outcome).where(
-                        _keys.c.scope == SCOPE, _keys.c.key == key
-                    )
-                )
-            ).first()
-            if found is not None:
-                if found.request_hash != digest:
-                    return conflict(key, operation)
-                return await _replay(conn, found.outcome)
-            now = self.clock()
-            result = await work(conn, now)
-            self._checkpoint(f"{operation}:before_key")
-            outcome = (
-                {"refused": result.error.code, "message": result.error.message}
-                if isinstance(result, Refusal)
-                else {"transfer": result.id}
-            )
-            await conn.execute(
-                insert(_keys).values(
-                    scope=SCOPE, key=key, request_hash=digest, outcome=outcome, created_at=now
-                )
-            )
-            if also is not None:
-                await also(conn, result)
-            return result
-
         async def also_called(conn: AsyncConnection, called: dict[str, Any]) -> None:
-            if also is not None and "replay" not in called and "conflict" not in called:
-                await also(conn, functions.outcome(called, operation, key))
+            if also is not None and _is_new(called):
+                await also(conn, outcome_of(called, operation, key))
 
-        if self._functions:
-            called = await self._function(
-                f"ledger_{operation}", operation, keyed, also_called if also else None
-            )
-            result = functions.outcome(called, operation, key)
-        else:
-            result = await self._transaction(attempt)
+        called = await self._run(operation, keyed, also_called if also else None)
+        result = outcome_of(called, operation, key)
         if isinstance(result, Refusal):
             raise result.error
         return result
-
-    def _passed(self, points: list[str]) -> None:
-        for point in points:
-            self._checkpoint(point)
 
     async def _system_account(self, conn: AsyncConnection, code: str) -> int:
         if code not in self._system:
@@ -297,91 +290,6 @@ class Ledger:
                 raise UnknownAccount(f"no system account {code!r}; run `trt migrate`")
             self._system[code] = int(found)
         return self._system[code]
-
-    async def _move(
-        self,
-        conn: AsyncConnection,
-        changes: dict[int, dict[str, int]],
-        guard: int | None = None,
-        *,
-        user: int,
-    ) -> bool:
-        """Adds to account totals: the user's row, then the system account's shard for
-        this user. With `guard`, the user row's update applies only if it keeps
-        available >= 0; it goes first, so a refusal has changed nothing.
-
-        Order: the user row first, the shard last. Every transfer touches exactly one user
-        account, so this order never deadlocks. The caller names the user row: the order
-        must not depend on which system accounts this instance has looked up so far.
-        """
-        assert guard is None or guard == user, (guard, user)
-        deltas = changes[user]
-        stmt = (
-            update(_accounts)
-            .where(_accounts.c.id == user)
-            .values({col: _accounts.c[col] + delta for col, delta in deltas.items()})
-        )
-        if guard is not None:
-            spent = deltas.get("debits_posted", 0) + deltas.get("debits_pending", 0)
-            stmt = stmt.where(
-                or_(
-                    _accounts.c.allow_negative,
-                    _accounts.c.credits_posted
-                    - _accounts.c.debits_posted
-                    - _accounts.c.debits_pending
-                    >= spent,
-                )
-            )
-        if (await conn.execute(stmt)).rowcount != 1:
-            return False
-        self._checkpoint("after_account_update")
-        for account_id in sorted(account for account in changes if account != user):
-            totals = {col: changes[account_id].get(col, 0) for col in TOTALS}
-            upsert = sqlite_insert(_shards).values(
-                account_id=account_id, shard=user % SHARDS, **totals
-            )
-            await conn.execute(
-                upsert.on_conflict_do_update(
-                    index_elements=[_shards.c.account_id, _shards.c.shard],
-                    set_={col: _shards.c[col] + upsert.excluded[col] for col in TOTALS},
-                )
-            )
-            self._checkpoint("after_account_update")
-        return True
-
-    async def _record(
-        self,
-        conn: AsyncConnection,
-        now: datetime,
-        transfer: dict[str, Any],
-        entries: list[tuple[int, int, bool]],
-    ) -> TransferRecord:
-        """Writes the transfer and its entries (account, signed amount, pending); sums to 0."""
-        assert sum(amount for _, amount, _ in entries) == 0, entries
-        row = {"pending_id": None, "note": None, **transfer, "created_at": now}
-        await conn.execute(insert(_transfers).values(row))
-        rows = [
-            dict(transfer_id=row["id"], account_id=a, amount=v, pending=p, created_at=now)
-            for a, v, p in entries
-            if v != 0
-        ]
-        if rows:
-            await conn.execute(insert(_entries), rows)
-        self._checkpoint("after_entries")
-        return TransferRecord(**row)
-
-    async def _account_exists(self, conn: AsyncConnection, account_id: int) -> bool:
-        found = await conn.scalar(select(_accounts.c.id).where(_accounts.c.id == account_id))
-        return found is not None
-
-    async def _short_or_unknown(
-        self, conn: AsyncConnection, account_id: int, amount: int
-    ) -> Refusal:
-        """Why a guarded move of the user's row (which goes first, so nothing has changed)
-        matched no row: the account is missing, or it lacks the money."""
-        if not await self._account_exists(conn, account_id):
-            return Refusal(UnknownAccount(f"no account {account_id}"))
-        return Refusal(InsufficientFunds(f"account {account_id} lacks {amount}"))
 
     # ------------------------------------------------------------ the API
 
@@ -401,36 +309,11 @@ class Ledger:
         _check_amount(amount)
         params = {"account": account_id, "amount": amount, "source": source, "reason": reason}
 
-        async def work(conn: AsyncConnection, now: datetime) -> TransferRecord | Refusal:
-            src = await self._system_account(conn, source)
-            # The user's row goes first and is the only one that can be missing, so a
-            # failed move has changed nothing (one round trip fewer than checking first).
-            if not await self._move(
-                conn,
-                {src: {"debits_posted": amount}, account_id: {"credits_posted": amount}},
-                user=account_id,
-            ):
-                return Refusal(UnknownAccount(f"no account {account_id}"))
-            return await self._record(
-                conn,
-                now,
-                dict(
-                    id=transfer_id,
-                    kind="credit",
-                    debit_account_id=src,
-                    credit_account_id=account_id,
-                    amount=amount,
-                    reason=reason,
-                    note=note,
-                ),
-                [(src, -amount, False), (account_id, amount, False)],
-            )
-
         async def arguments(conn: AsyncConnection, now: datetime) -> dict[str, Any]:
             src = await self._system_account(conn, source)
             return dict(account=account_id, amount=amount, source=src, reason=reason, note=note)
 
-        return await self._keyed("credit", transfer_id, params, work, arguments, also)
+        return await self._keyed("credit", transfer_id, params, arguments, also)
 
     async def debit(
         self,
@@ -448,37 +331,13 @@ class Ledger:
         _check_amount(amount)
         params = {"account": account_id, "amount": amount, "dest": destination, "reason": reason}
 
-        async def work(conn: AsyncConnection, now: datetime) -> TransferRecord | Refusal:
-            dst = await self._system_account(conn, destination)
-            if not await self._move(
-                conn,
-                {account_id: {"debits_posted": amount}, dst: {"credits_posted": amount}},
-                guard=account_id,
-                user=account_id,
-            ):
-                return await self._short_or_unknown(conn, account_id, amount)
-            return await self._record(
-                conn,
-                now,
-                dict(
-                    id=transfer_id,
-                    kind="debit",
-                    debit_account_id=account_id,
-                    credit_account_id=dst,
-                    amount=amount,
-                    reason=reason,
-                    note=note,
-                ),
-                [(account_id, -amount, False), (dst, amount, False)],
-            )
-
         async def arguments(conn: AsyncConnection, now: datetime) -> dict[str, Any]:
             dst = await self._system_account(conn, destination)
             return dict(
                 account=account_id, amount=amount, destination=dst, reason=reason, note=note
             )
 
-        return await self._keyed("debit", transfer_id, params, work, arguments, also)
+        return await self._keyed("debit", transfer_id, params, arguments, also)
 
     async def hold(
         self,
@@ -503,40 +362,6 @@ class Ledger:
             "reason": reason,
         }
 
-        async def work(conn: AsyncConnection, now: datetime) -> TransferRecord | Refusal:
-            dst = await self._system_account(conn, destination)
-            if not await self._move(
-                conn,
-                {account_id: {"debits_pending": amount}, dst: {"credits_pending": amount}},
-                guard=account_id,
-                user=account_id,
-            ):
-                return await self._short_or_unknown(conn, account_id, amount)
-            record = await self._record(
-                conn,
-                now,
-                dict(
-                    id=hold_id,
-                    kind="hold",
-                    debit_account_id=account_id,
-                    credit_account_id=dst,
-                    amount=amount,
-                    reason=reason,
-                    note=note,
-                ),
-                [(account_id, -amount, True), (dst, amount, True)],
-            )
-            await conn.execute(
-                insert(_holds).values(
-                    id=hold_id,
-                    account_id=account_id,
-                    amount=amount,
-                    state="pending",
-                    timeout_at=now + expires_in,
-                )
-            )
-            return record
-
         async def arguments(conn: AsyncConnection, now: datetime) -> dict[str, Any]:
             dst = await self._system_account(conn, destination)
             return dict(
@@ -548,91 +373,7 @@ class Ledger:
                 note=note,
             )
 
-        return await self._keyed("hold", hold_id, params, work, arguments)
-
-    async def _resolve(
-        self,
-        conn: AsyncConnection,
-        now: datetime,
-        transfer_id: str,
-        hold_id: str,
-        state: str,
-        charge: int | None,
-        *,
-        require_unexpired: bool,
-    ) -> TransferRecord | Refusal:
-        """Moves a pending hold to `state` (exactly one caller wins, I3) and writes the
-        transfer that releases it and, for a post, charges `charge` (I4)."""
-        # The hold with its transfer's destination and reason (a transfer row never
-        # changes): one round trip instead of three.
-        hold = (
-            await conn.execute(
-                select(
-                    _holds,
-                    _transfers.c.credit_account_id,
-                    _transfers.c.reason,
-                    _transfers.c.note,
-                )
-                .join(_transfers, _transfers.c.id == _holds.c.id)
-                .where(_holds.c.id == hold_id)
-            )
-        ).first()
-        if hold is None:
-            return Refusal(UnknownHold(f"no hold '{hold_id}'"))
-        amount = charge if charge is not None else hold.amount
-        if amount > hold.amount:
-            return Refusal(ExceedsHold(f"charge {amount} exceeds hold {hold.amount}"))
-        condition = and_(_holds.c.id == hold_id, _holds.c.state == "pending")
-        if require_unexpired:
-            condition = and_(condition, _holds.c.timeout_at > now)
-        won = await conn.execute(
-            update(_holds)
-            .where(condition)
-            .values(
-                state=state,
-                resolved_at=now,
-                resolution_id=transfer_id,
-                posted_amount=amount if state == "posted" else 0,
-            )
-        )
-        if won.rowcount != 1:
-            # Read again: a racing post, void or expiry may have committed since the first read.
-            now_state = await conn.scalar(select(_holds.c.state).where(_holds.c.id == hold_id))
-            if now_state != "pending":
-                return Refusal(HoldNotPending(f"hold '{hold_id}' is already {now_state}"))
-            # The same text as migration 0005's function writes, microseconds and all.
-            timeout = utc(hold.timeout_at).isoformat(" ", "microseconds")
-            return Refusal(HoldExpired(f"hold '{hold_id}' timed out at {timeout}"))
-        user, dst = hold.account_id, hold.credit_account_id
-        posted = amount if state == "posted" else 0
-        await self._move(
-            conn,
-            {
-                user: {"debits_pending": -hold.amount, "debits_posted": posted},
-                dst: {"credits_pending": -hold.amount, "credits_posted": posted},
-            },
-            user=user,
-        )
-        return await self._record(
-            conn,
-            now,
-            dict(
-                id=transfer_id,
-                kind={"posted": "post", "voided": "void", "expired": "expire"}[state],
-                debit_account_id=user,
-                credit_account_id=dst,
-                amount=posted,
-                pending_id=hold_id,
-                reason=hold.reason,
-                note=hold.note,
-            ),
-            [
-                (user, hold.amount, True),
-                (dst, -hold.amount, True),
-                (user, -posted, False),
-                (dst, posted, False),
-            ],
-        )
+        return await self._keyed("hold", hold_id, params, arguments)
 
     async def post(
         self, transfer_id: str, hold_id: str, amount: int | None = None
@@ -645,35 +386,19 @@ class Ledger:
             _check_amount(amount, allow_zero=True)
         params = {"hold": hold_id, "amount": amount}
 
-        async def work(conn: AsyncConnection, now: datetime) -> TransferRecord | Refusal:
-            result = await self._resolve(
-                conn, now, transfer_id, hold_id, "posted", amount, require_unexpired=True
-            )
-            if isinstance(result, Refusal) and isinstance(result.error, HoldExpired):
-                # Release it now rather than leave it to the sweeper; the refusal stands.
-                await self._resolve(
-                    conn, now, _expiry_id(hold_id), hold_id, "expired", 0, require_unexpired=False
-                )
-            return result
-
         async def arguments(conn: AsyncConnection, now: datetime) -> dict[str, Any]:
-            return {"hold": hold_id, "amount": amount}
+            return {"hold": hold_id, "amount": amount, "expiry_id": _expiry_id(hold_id)}
 
-        return await self._keyed("post", transfer_id, params, work, arguments)
+        return await self._keyed("post", transfer_id, params, arguments)
 
     async def void(self, transfer_id: str, hold_id: str) -> TransferRecord:
         """Releases the whole hold."""
         params = {"hold": hold_id}
 
-        async def work(conn: AsyncConnection, now: datetime) -> TransferRecord | Refusal:
-            return await self._resolve(
-                conn, now, transfer_id, hold_id, "voided", 0, require_unexpired=False
-            )
-
         async def arguments(conn: AsyncConnection, now: datetime) -> dict[str, Any]:
             return {"hold": hold_id}
 
-        return await self._keyed("void", transfer_id, params, work, arguments)
+        return await self._keyed("void", transfer_id, params, arguments)
 
     async def expire_due(self, limit: int = 500) -> list[str]:
         """Expires pending holds past their timeout (I8); the sweeper calls this periodically.
@@ -695,31 +420,14 @@ class Ledger:
             )
         expired = []
         for hold_id in due:
-            if self._functions:
 
-                async def arguments(
-                    conn: AsyncConnection, _: datetime, hold_id: str = hold_id
-                ) -> dict[str, Any]:
-                    return dict(
-                        transfer_id=_expiry_id(hold_id),
-                        hold=hold_id,
-                        state="expired",
-                        charge=0,
-                        require_unexpired=False,
-                        now=now,
-                    )
+            async def arguments(
+                conn: AsyncConnection, _: datetime, hold_id: str = hold_id
+            ) -> dict[str, Any]:
+                # The sweep's clock, not the call's: due is due as of the sweep.
+                return _expiry_arguments(hold_id, now)
 
-                if "transfer" in await self._function("ledger_resolve", None, arguments):
-                    expired.append(hold_id)
-                continue
-
-            async def work(conn: AsyncConnection, hold_id: str = hold_id) -> bool:
-                result = await self._resolve(
-                    conn, now, _expiry_id(hold_id), hold_id, "expired", 0, require_unexpired=False
-                )
-                return not isinstance(result, Refusal)
-
-            if await self._transaction(work):
+            if "transfer" in await self._run("resolve", arguments):
                 expired.append(hold_id)
         return expired
 
@@ -836,19 +544,3 @@ def statement_query(account_id: int, limit: int = 20, before: int | None = None)
     if before is not None:
         query = query.where(e.id < before)
     return query
-
-
-def _expiry_id(hold_id: str) -> str:
-    # Deterministic, so the sweeper and a late post can never expire one hold twice.
-    return EXPIRY_PREFIX + hold_id
-
-
-async def _replay(conn: AsyncConnection, outcome: dict[str, Any]) -> TransferRecord | Refusal:
-    """The first outcome of a keyed call, from what its key stored."""
-    if "refused" in outcome:
-        return refusal_from(outcome)
-    row = (
-        await conn.execute(select(_transfers).where(_transfers.c.id == outcome["transfer"]))
-    ).first()
-    assert row is not None, outcome
-    return transfer_record(dict(row._mapping))

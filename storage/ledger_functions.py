@@ -1,10 +1,10 @@
-"""The ledger's writes on PostgreSQL: one call of a function of migration 0005 per operation.
+"""The ledger's writes on PostgreSQL: one call of a generated function per operation.
 
 Why: as separate statements, a hold or a post cost about ten round trips and the
 driver stack's CPU for each, which capped 16 workers far below 1000 pairs/s on two
-cores. As one call in autocommit, an operation is one round trip. The functions
-follow the portable path in `storage.ledger` step for step (same rules, refusals,
-messages and fault points), and the ledger tests run both, on SQLite and PostgreSQL.
+cores. As one call in autocommit, an operation is one round trip. The functions are
+compiled from the same programs SQLite runs (`storage.ledger_plpgsql`), and the
+ledger tests run both, on SQLite and PostgreSQL.
 
 The call goes over the driver's own connection (asyncpg), borrowed from SQLAlchemy's
 pool: SQLAlchemy's execute path costs about three times the client CPU of the call
@@ -24,12 +24,6 @@ import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
-
-from storage.ledger_values import Refusal, TransferRecord, conflict, refusal_from, transfer_record
-
-# Where the portable path passes its fault points while moving one hold or transfer:
-# after the user's row, after the system account's shard, after the transfer's entries.
-POINTS_PER_MOVE = ("after_account_update", "after_account_update", "after_entries")
 
 # SQLSTATEs of a connection that is gone: class 08 (connection exception), and the
 # server shutting down or crashing (admin_shutdown, crash_shutdown, cannot_connect_now).
@@ -130,21 +124,6 @@ async def _as_sqlalchemy_error(
     return DBAPIError(sql, values, exc)
 
 
-def passed_points(operation: str | None, result: dict[str, Any]) -> list[str]:
-    """The fault points the call went through, in the portable path's order."""
-    if "replay" in result or "conflict" in result:
-        return []
-    points = list(POINTS_PER_MOVE) * int(result.get("moved", 0))
-    if operation is not None:
-        points.append(f"{operation}:before_key")
-    return points
-
-
-def outcome(result: dict[str, Any], operation: str, key: str) -> TransferRecord | Refusal:
-    if "conflict" in result:
-        return conflict(key, operation)
-    if "replay" in result and "refused" in result["replay"]:
-        return refusal_from(result["replay"])
-    if "refused" in result:
-        return refusal_from(result)
-    return transfer_record(result["transfer"])
+def passed_points(result: dict[str, Any]) -> list[str]:
+    """The fault points the call went through, in order (none for a replay)."""
+    return list(result.get("points", ()))

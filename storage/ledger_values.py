@@ -1,4 +1,4 @@
-"""What the ledger returns and refuses: shared by its portable path and its PostgreSQL one."""
+"""What the ledger returns and refuses, whichever database ran the operation."""
 
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ from typing import Any
 
 
 class LedgerError(Exception):
-    """A refusal the caller can show or act on; kept with its id, so a retry gets it again."""
+    """A refusal the caller can show or act on; kept with its id, so a retry gets it again.
+
+    `text` reads the values the refusing program selected (`storage.ledger_program`)."""
 
     code = "ledger_error"
+    text = "{message}"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -21,30 +24,36 @@ class LedgerError(Exception):
 
 class InsufficientFunds(LedgerError):
     code = "insufficient_funds"
+    text = "account {account} lacks {amount}"
 
 
 class HoldNotPending(LedgerError):
     """The hold was already posted, voided or expired (I3)."""
 
     code = "hold_not_pending"
+    text = "hold '{hold}' is already {state}"
 
 
 class HoldExpired(LedgerError):
     """Posting after the timeout: the hold is released, nothing is charged (S8)."""
 
     code = "hold_expired"
+    text = "hold '{hold}' timed out at {timeout_at}"
 
 
 class ExceedsHold(LedgerError):
     code = "exceeds_hold"
+    text = "charge {charge} exceeds hold {amount}"
 
 
 class UnknownAccount(LedgerError):
     code = "unknown_account"
+    text = "no account {account}"
 
 
 class UnknownHold(LedgerError):
     code = "unknown_hold"
+    text = "no hold '{hold}'"
 
 
 class IdempotencyConflict(LedgerError):
@@ -137,17 +146,40 @@ class Refusal:
 
 
 def refusal_from(outcome: dict[str, Any]) -> Refusal:
-    """A stored or returned refusal ({"refused": code, "message": ...}) as the error it was."""
-    return Refusal(_REFUSALS[outcome["refused"]](outcome["message"]))
+    """A stored or returned refusal ({"refused": code, "values": {...}}) as the error it
+    was. Keys stored by earlier releases kept the message itself."""
+    error = _REFUSALS[outcome["refused"]]
+    if "message" in outcome:
+        return Refusal(error(outcome["message"]))
+    values = dict(outcome["values"])
+    if values.get("timeout_at") is not None:
+        values["timeout_at"] = _moment(values["timeout_at"]).isoformat(" ", "microseconds")
+    return Refusal(error(error.text.format(**values)))
+
+
+def outcome_of(result: dict[str, Any], operation: str, key: str) -> TransferRecord | Refusal:
+    """What a program's result means for its caller (`storage.ledger_interpreter` gives
+    the shapes, which PostgreSQL's functions share)."""
+    if "conflict" in result:
+        return conflict(key, operation)
+    if "replay" in result and "refused" in result["replay"]:
+        return refusal_from(result["replay"])
+    if "refused" in result:
+        return refusal_from(result)
+    return transfer_record(result["transfer"])
+
+
+def _moment(value: datetime | str) -> datetime:
+    """A timestamp as SQLite's driver or PostgreSQL's to_jsonb gives it, in UTC."""
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return utc(moment).astimezone(UTC)
 
 
 def transfer_record(data: dict[str, Any]) -> TransferRecord:
     """From a transfers row, as SQLAlchemy returns it or as PostgreSQL's to_jsonb writes it
     (which has every column, also any added after this record)."""
-    at = data["created_at"]
-    moment = datetime.fromisoformat(at) if isinstance(at, str) else at
     known = {name: data[name] for name in _TRANSFER_FIELDS}
-    return TransferRecord(**{**known, "created_at": utc(moment).astimezone(UTC)})
+    return TransferRecord(**{**known, "created_at": _moment(data["created_at"])})
 
 
 def conflict(key: str, operation: str) -> Refusal:

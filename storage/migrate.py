@@ -10,7 +10,7 @@ duration, from inside a coroutine.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -19,6 +19,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from alembic import command
 from storage.db import create_engine
@@ -54,8 +55,37 @@ def _on_own_thread(work: Callable[[], _T]) -> _T:
 
 
 def upgrade_to_head(database_url: str | None = None) -> None:
-    config = alembic_config(database_url)
+    """The migrations, then (PostgreSQL) the ledger's functions of this code."""
+    url = database_url or DatabaseSettings().database_url
+    config = alembic_config(url)
     _on_own_thread(lambda: command.upgrade(config, "head"))
+    if _is_postgresql(url):
+        _on_own_thread(lambda: asyncio.run(_with_engine(url, _install_ledger_functions)))
+
+
+def _is_postgresql(url: str) -> bool:
+    return url.startswith("postgresql")
+
+
+async def _with_engine(url: str, work: Callable[[AsyncConnection], Awaitable[_T]]) -> _T:
+    engine = create_engine(DatabaseSettings(database_url=url))
+    try:
+        async with engine.begin() as connection:
+            return await work(connection)
+    finally:
+        await engine.dispose()
+
+
+async def _install_ledger_functions(connection: AsyncConnection) -> bool:
+    from storage import ledger_plpgsql
+
+    return await ledger_plpgsql.install(connection)
+
+
+async def _ledger_functions_problem(connection: AsyncConnection) -> str | None:
+    from storage import ledger_plpgsql
+
+    return await ledger_plpgsql.problem(connection)
 
 
 def downgrade_to_base(database_url: str | None = None) -> None:
@@ -89,13 +119,17 @@ def current_revision(database_url: str | None = None) -> str | None:
 
 
 async def migration_problem(database_url: str | None = None) -> str | None:
-    """Why the database cannot serve this code (not at the head migration), or None.
+    """Why the database cannot serve this code (not at the head migration, or on
+    PostgreSQL ledger functions of other code), or None.
 
     Services refuse to start on an old schema rather than fail on the first update.
     """
-    current = await asyncio.to_thread(current_revision, database_url)
+    url = database_url or DatabaseSettings().database_url
+    current = await asyncio.to_thread(current_revision, url)
     head = head_revision()
-    if current == head:
-        return None
-    at = current or "none"
-    return f"the database is at migration {at}, the code needs {head}: run `trt migrate`"
+    if current != head:
+        at = current or "none"
+        return f"the database is at migration {at}, the code needs {head}: run `trt migrate`"
+    if _is_postgresql(url):
+        return await _with_engine(url, _ledger_functions_problem)
+    return None

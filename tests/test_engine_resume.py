@@ -543,7 +543,6 @@ async def test_a_query_answered_before_the_update_was_refused_is_not_answered_ag
         assert len(recorder.keys) == 2 and recorder.completed == recorder.keys[:1]
 
 
-
 async def test_a_notice_sent_before_the_update_was_refused_is_not_sent_again(
     stack: Stack, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
 ) -> None:

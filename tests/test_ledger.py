@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Awaitable
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import JSON, bindparam, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -220,6 +220,31 @@ async def test_refusals_read_the_same_on_both_databases(ledger: Ledger, clock: C
         "hold_not_pending: hold 'h2' is already voided",
         "hold_expired: hold 'h3' timed out at 2026-11-29 12:01:00.000000+00:00",
     ]
+
+
+async def test_refusals_replay_word_for_word_also_from_keys_of_earlier_releases(
+    ledger: Ledger, db_engine: AsyncEngine
+) -> None:
+    """A refusal is kept with its key as its code and values; a retry reads the same
+    words. Keys written before the values were kept hold the message itself, and
+    replay it unchanged."""
+    account = await funded(ledger, 1, 100)
+    first: list[str] = []
+    for _ in range(2):
+        with pytest.raises(InsufficientFunds) as caught:
+            await ledger.hold("h1", account, 500, expires_in=MINUTE, reason="generation")
+        first.append(caught.value.message)
+    assert first == [f"account {account} lacks 500"] * 2
+
+    async with db_engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE idempotency_keys SET outcome = :outcome WHERE key = 'h1'").bindparams(
+                bindparam("outcome", type_=JSON)
+            ),
+            {"outcome": {"refused": "insufficient_funds", "message": "as an old release said"}},
+        )
+    with pytest.raises(InsufficientFunds, match=r"^as an old release said$"):
+        await ledger.hold("h1", account, 500, expires_in=MINUTE, reason="generation")
 
 
 async def test_sweeper_expires_only_due_holds(ledger: Ledger, clock: Clock) -> None:

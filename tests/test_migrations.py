@@ -7,12 +7,14 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 
 from alembic import command
+from storage import ledger_plpgsql
 from storage.db import create_engine
 from storage.ledger import Ledger
 from storage.migrate import (
@@ -20,6 +22,7 @@ from storage.migrate import (
     current_revision,
     downgrade_to_base,
     head_revision,
+    migration_problem,
     upgrade_to_head,
 )
 from storage.models import metadata
@@ -174,9 +177,58 @@ async def test_downgrading_the_shards_folds_them_into_their_accounts(database_ur
     if database_url.startswith("postgresql"):
         assert await on_connection(database_url, functions) == 0
         await asyncio.to_thread(upgrade_to_head, database_url)
-        assert await on_connection(database_url, functions) == 12
+        assert await on_connection(database_url, functions) == len(ledger_plpgsql.definitions())
 
 
 async def conn_scalar(engine: Any, sql: str) -> Any:
     async with engine.connect() as conn:
         return await conn.scalar(text(sql))
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_ledger_functions_of_other_code_are_reported_then_replaced(
+    database_url: str,
+) -> None:
+    """The functions are generated from the ledger's programs: a database holding others
+    (an older release's, one edited by hand, one left over) makes services refuse to
+    start until `trt migrate` replaces them all; a second install changes nothing."""
+    url = database_url
+    await asyncio.to_thread(upgrade_to_head, url)
+    assert await migration_problem(url) is None
+
+    def tamper(connection: Connection) -> None:
+        # An older release's helper, and a generated function whose note is not ours.
+        connection.execute(
+            text(
+                "CREATE FUNCTION ledger_claim(p_key text) RETURNS jsonb"
+                " LANGUAGE sql AS $$ SELECT NULL::jsonb $$"
+            )
+        )
+        name = next(iter(ledger_plpgsql.definitions()))
+        connection.execute(text(f"COMMENT ON FUNCTION {name} IS 'edited by hand'"))
+
+    await on_connection(url, tamper)
+    problem = await migration_problem(url)
+    assert problem is not None and "run `trt migrate`" in problem
+
+    await asyncio.to_thread(upgrade_to_head, url)
+    assert await migration_problem(url) is None
+
+    def names(connection: Connection) -> set[str]:
+        rows = connection.execute(
+            text("SELECT proname FROM pg_proc WHERE proname LIKE 'ledger\\_%'")
+        )
+        return {row.proname for row in rows}
+
+    generated = {name.split("(")[0] for name in ledger_plpgsql.definitions()}
+    assert await on_connection(url, names) == generated
+
+    engine = create_engine(DatabaseSettings(database_url=url))
+    try:
+        async with engine.begin() as connection:
+            assert await ledger_plpgsql.install(connection) is False
+        account = await ensure_user(engine, 11)
+        await Ledger(engine).credit("c1", account, 700, source="topups", reason="topup")
+        assert (await Ledger(engine).balance(account)).available == 700
+    finally:
+        await engine.dispose()

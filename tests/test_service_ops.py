@@ -256,6 +256,9 @@ _ALLOWED_SQL_STRINGS = {
     ("storage/db.py", "execute"),  # PRAGMA busy_timeout={constant}
     # SELECT ledger_x(p_name => :name, ...): our function and parameter names, never input.
     ("storage/ledger_functions.py", "text"),
+    # CREATE FUNCTION compiled from our programs; DROP and COMMENT name ledger_* functions
+    # by the signatures PostgreSQL lists or we generate.
+    ("storage/ledger_plpgsql.py", "exec_driver_sql"),
 }
 
 

@@ -75,8 +75,12 @@ async def test_the_balance_screen_only_reads(stack: Stack) -> None:
     try:
         for user_id, shown in ((901, "10 ₽"), (902, "0 ₽")):  # one known, one never seen
             ctx = Context(
-                bot=stack.product.bot, user_id=user_id, chat_id=user_id, locale="ru",
-                state="balance", data={},
+                bot=stack.product.bot,
+                user_id=user_id,
+                chat_id=user_id,
+                locale="ru",
+                state="balance",
+                data={},
             )
             info = await providers["balance_info"](ctx)
             assert info["balance"] == shown
