@@ -77,7 +77,7 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from storage import ledger_functions
+from storage import ledger_functions, ledger_plpgsql
 from storage.db import create_engine
 from storage.ledger import ACCOUNT_TOTALS_SQL, Ledger, balance_query, statement_query
 from storage.migrate import upgrade_to_head
@@ -686,13 +686,18 @@ _LEDGER_SCRIPT = """\
 \\set acct :first + :client_id + :clients * random(0, :per - 1)
 \\set amt random(100, 149)
 \\set k random(1, 999999999999)
-SELECT ledger_hold(p_id => {H}, p_hash => md5('h' || {H}) || md5('x' || {H}), p_now => now(),
+SELECT {HOLD}(p_id => {H}, p_hash => md5('h' || {H}) || md5('x' || {H}), p_now => now(),
   p_account => :acct, p_amount => :amt, p_timeout_at => now() + interval '60 seconds',
   p_destination => :revenue, p_reason => 'bench', p_note => NULL);
-SELECT ledger_post(p_id => {P}, p_hash => md5('p' || {P}) || md5('y' || {P}), p_now => now(),
+SELECT {POST}(p_id => {P}, p_hash => md5('p' || {P}) || md5('y' || {P}), p_now => now(),
   p_hold => {H}, p_amount => NULL, p_expiry_id => 'x:' || {H});
 """
-LEDGER_SCRIPT = _LEDGER_SCRIPT.replace("{H}", _H).replace("{P}", _P)
+LEDGER_SCRIPT = (
+    _LEDGER_SCRIPT.replace("{H}", _H)
+    .replace("{P}", _P)
+    .replace("{HOLD}", ledger_plpgsql.function_name("hold"))
+    .replace("{POST}", ledger_plpgsql.function_name("post"))
+)
 
 
 @dataclass(slots=True)

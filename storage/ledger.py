@@ -42,6 +42,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from storage import ledger_functions as functions
+from storage import ledger_plpgsql
 from storage.db import SQLITE_BEGIN, sqlite_writer
 from storage.ledger_interpreter import Interpreter
 from storage.ledger_program import NOW, TOTALS, expiry
@@ -216,7 +217,7 @@ class Ledger:
         an expiry finds its hold resolved). With a fault hook, the points the call went
         through are passed inside its transaction, so a fault raised there rolls it all
         back. With `also`, the call and `also(conn, result)` share one transaction."""
-        function = f"ledger_{program}"
+        function = ledger_plpgsql.function_name(program)
 
         def then(result: dict[str, Any]) -> None:
             for point in functions.passed_points(result):

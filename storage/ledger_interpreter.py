@@ -24,6 +24,7 @@ from sqlalchemy.sql.visitors import iterate
 
 from storage.ledger_program import (
     BEFORE_KEY,
+    RETRY,
     Call,
     Need,
     Point,
@@ -130,6 +131,9 @@ class Interpreter:
                 if not await self._need(conn, step, env):
                     why = dict((await _execute(conn, step.otherwise, env)).one()._mapping)
                     code = why.pop("code")
+                    if code == RETRY:
+                        # One writer at a time on SQLite: nothing can change in between.
+                        raise RuntimeError(f"{program.name}: a row changed during the call")
                     return {"refused": code, "values": {k: plain(v) for k, v in why.items()}}
             else:
                 called = await self._call(conn, step, env, point)

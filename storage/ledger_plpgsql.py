@@ -8,16 +8,21 @@ returns jsonb of the shape `storage.ledger_interpreter` documents, with the faul
 points it passed, so the tests' fault hook sees the same points on both databases.
 
 Why installed outside Alembic: a function is code derived from this repository, not
-schema. Like Flyway's repeatable migrations, `install` replaces them whenever the
-generated text changes (a digest kept in each function's comment), after the
-migrations ran; `problem` tells a service started on functions of other code to run
-`trt migrate`.
+schema. `install` runs after the migrations, like Flyway's repeatable migrations.
+Why versioned: the functions' names end in a digest of their text
+(`ledger_post_<digest>`), and the code calls its own version. A rolling deploy's
+`trt migrate` adds the new version while the old instances keep calling theirs, and
+a rollback finds its version still there; `install` keeps the newest `KEEP`
+versions it installed and drops older ones. Functions it did not install (another
+tool's `ledger_*`, the hand-written ones of releases before this) are never touched.
+`problem` tells a service whose version is missing to run `trt migrate`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from functools import cache
 from typing import Any
@@ -30,6 +35,7 @@ from sqlalchemy.sql.elements import BindParameter, ClauseElement
 from storage.ledger_program import (
     BEFORE_KEY,
     OUTCOME,
+    RETRY,
     Call,
     Need,
     Point,
@@ -43,12 +49,16 @@ from storage.ledger_program import (
 )
 
 PREFIX = "ledger_"
-MARK = "trt ledger program "
+_VERSION = "__version__"  # in the generated text until the digest of that text is known
+MARK = "trt ledger program "  # + "<digest> #<n>": the nth version `install` installed
+_NOTE = re.compile(re.escape(MARK) + r"([0-9a-f]+) #([0-9]+)$")
+KEEP = 3  # versions kept: the new one and the two before it (instances still running)
 # One installer at a time (replicas starting together); any constant shared by all.
 _INSTALL_LOCK = text("SELECT pg_advisory_xact_lock(7301522811)")
 
 _INSTALLED = text(
-    "SELECT p.oid::regprocedure::text AS signature, obj_description(p.oid, 'pg_proc') AS note"
+    "SELECT p.oid::regprocedure::text AS signature, p.proname AS name,"
+    " obj_description(p.oid, 'pg_proc') AS note"
     " FROM pg_proc p WHERE p.proname LIKE 'ledger\\_%'"
     " AND p.pronamespace = current_schema()::regnamespace"
 )
@@ -60,10 +70,13 @@ class _Compiler(PGCompiler):
     dialect: _Dialect
 
     def visit_bindparam(self, bindparam: BindParameter[Any], *args: Any, **kw: Any) -> Any:
+        if bindparam.unique:  # a literal of the program's, not one of its values
+            return self.render_literal_bindparam(bindparam, **kw)  # type: ignore[no-untyped-call]
         names = self.dialect.plpgsql_names
-        if not bindparam.unique and bindparam.key in names:
-            return names[bindparam.key]
-        return self.render_literal_bindparam(bindparam, **kw)  # type: ignore[no-untyped-call]
+        if bindparam.key not in names:
+            # SQLite would fail on it too; here it would silently be NULL.
+            raise KeyError(f"{bindparam.key!r} is not a value of this program")
+        return names[bindparam.key]
 
 
 class _Dialect(PGDialect):
@@ -73,8 +86,6 @@ class _Dialect(PGDialect):
         # "named": a % is not doubled, as it would be for a driver's format string.
         super().__init__(paramstyle="named")  # type: ignore[no-untyped-call]
         self.plpgsql_names = names
-        # No implicit RETURNING of an inserted key: PL/pgSQL would need a target for it.
-        self.insert_returning = False
 
 
 def _type(value: Value) -> str:
@@ -89,8 +100,13 @@ def _quoted(constant: str | int | bool) -> str:
     return "'" + constant.replace("'", "''") + "'"
 
 
-def signature(program: Program) -> str:
-    return f"{PREFIX}{program.name}({', '.join(_type(v) for v in program.params)})"
+def _name(program: str) -> str:
+    return f"{PREFIX}{program}_{_VERSION}"
+
+
+def function_name(program: str) -> str:
+    """The function this code calls for `program`: its own version's."""
+    return _name(program).replace(_VERSION, digest())
 
 
 class _Writer:
@@ -164,6 +180,13 @@ class _Writer:
             " 'values', v_refusal - 'code');",
             2,
         )
+        self.emit(f"IF v_refusal->>'refused' = {_quoted(RETRY)} THEN", 2)
+        self.emit(
+            f"RAISE EXCEPTION '{self.program.name}: a row changed during the call'"
+            " USING ERRCODE = 'serialization_failure';",
+            3,
+        )
+        self.emit("END IF;", 2)
         self.refuse(2)
         self.emit("END IF;")
 
@@ -172,7 +195,7 @@ class _Writer:
             f"p_{name} => {self.names[arg.name] if isinstance(arg, Value) else _quoted(arg)}"
             for name, arg in call.args.items()
         )
-        return f"{PREFIX}{call.program}({args})"
+        return f"{_name(call.program)}({args})"
 
     def called(self, step: Call) -> None:
         self.emit(f"v_called := {self.call(step)};")
@@ -215,7 +238,7 @@ class _Writer:
         params = ", ".join(f"p_{v.name} {_type(v)}" for v in program.params)
         return "\n".join(
             [
-                f"CREATE FUNCTION {PREFIX}{program.name}({params}) RETURNS jsonb",
+                f"CREATE FUNCTION {_name(program.name)}({params}) RETURNS jsonb",
                 "LANGUAGE plpgsql AS $$",
                 "DECLARE",
                 *(f"  {line};" for line in declared),
@@ -226,43 +249,77 @@ class _Writer:
         )
 
 
+def function_text(program: Program, version: str) -> str:
+    """The CREATE FUNCTION of one program, as `version` of it."""
+    return _Writer(program).function().replace(_VERSION, version)
+
+
 @cache
-def definitions() -> dict[str, str]:
-    """Each function's signature and its CREATE FUNCTION."""
-    return {
-        signature(program): _Writer(program).function()
-        for program in programs("postgresql").values()
+def _generated() -> tuple[str, dict[str, str]]:
+    """The digest of the generated text, and each function's signature and CREATE
+    FUNCTION with the digest in its name."""
+    texts = {}
+    for program in programs("postgresql").values():
+        types = ", ".join(_type(v) for v in program.params)
+        texts[f"{_name(program.name)}({types})"] = function_text(program, _VERSION)
+    version = hashlib.sha256("\n".join(texts.values()).encode()).hexdigest()[:16]
+    named = {
+        signature.replace(_VERSION, version): text.replace(_VERSION, version)
+        for signature, text in texts.items()
     }
+    return version, named
 
 
-@cache
 def digest() -> str:
-    whole = "\n".join(definitions().values())
-    return hashlib.sha256(whole.encode()).hexdigest()[:16]
+    return _generated()[0]
 
 
-async def _installed(conn: AsyncConnection) -> dict[str, str | None]:
-    return {row.signature: row.note for row in await conn.execute(_INSTALLED)}
+def definitions() -> dict[str, str]:
+    return _generated()[1]
+
+
+async def _installed(conn: AsyncConnection) -> list[tuple[str, str, str | None]]:
+    return [(row.signature, row.name, row.note) for row in await conn.execute(_INSTALLED)]
+
+
+def _version(note: str | None) -> tuple[str, int] | None:
+    found = _NOTE.match(note or "")
+    return (found.group(1), int(found.group(2))) if found else None
 
 
 async def problem(conn: AsyncConnection) -> str | None:
-    """Why the database's ledger functions are not this code's, or None."""
-    notes = set((await _installed(conn)).values())
-    if len(await _installed(conn)) == len(definitions()) and notes == {MARK + digest()}:
+    """Why this code's functions are not in the database, or None."""
+    ours = {
+        name for _, name, note in await _installed(conn) if (_version(note) or ("",))[0] == digest()
+    }
+    wanted = {signature.split("(")[0] for signature in definitions()}
+    if wanted <= ours:
         return None
-    return "the database's ledger functions are not this code's: run `trt migrate`"
+    return (
+        f"the database lacks this code's ledger functions (version {digest()}): run `trt migrate`"
+    )
 
 
 async def install(conn: AsyncConnection) -> bool:
-    """Replaces the ledger functions when they are not this code's, in the caller's
-    transaction; True when it did."""
+    """Installs this code's version when it is missing, in the caller's transaction, and
+    drops the versions older than the newest `KEEP`; True when it installed."""
     await conn.execute(_INSTALL_LOCK)
     if await problem(conn) is None:
         return False
-    for old in await _installed(conn):
-        await conn.exec_driver_sql(f"DROP FUNCTION {old}")
-    for name, definition in definitions().items():
+    installed = await _installed(conn)
+    wanted = {signature.split("(")[0] for signature in definitions()}
+    for signature, name, _ in installed:
+        if name in wanted:  # a partial or edited copy of this version
+            await conn.exec_driver_sql(f"DROP FUNCTION {signature}")
+    numbers = [v[1] for _, name, note in installed if (v := _version(note)) and name not in wanted]
+    number = max(numbers, default=0) + 1
+    for signature, definition in definitions().items():
         # One statement per execute: asyncpg prepares each, and it holds one command.
         await conn.exec_driver_sql(definition)
-        await conn.exec_driver_sql(f"COMMENT ON FUNCTION {name} IS '{MARK}{digest()}'")
+        comment = f"{MARK}{digest()} #{number}"
+        await conn.exec_driver_sql(f"COMMENT ON FUNCTION {signature} IS '{comment}'")
+    for signature, name, note in installed:
+        version = _version(note)
+        if version is not None and name not in wanted and version[1] <= number - KEEP:
+            await conn.exec_driver_sql(f"DROP FUNCTION {signature}")
     return True

@@ -71,6 +71,9 @@ SCOPE = "ledger"
 SHARDS = 64
 TOTALS = ("debits_pending", "debits_posted", "credits_pending", "credits_posted")
 BEFORE_KEY = "before_key"  # a keyed program's last point: `<operation>:before_key`
+# A diagnosis's code when every rule holds after all: a row changed between the statement
+# and its diagnosis (a concurrent commit), so the call runs again instead of refusing.
+RETRY = "retry"
 
 
 # ------------------------------------------------------------------ the language
@@ -142,6 +145,18 @@ class Program:
     params: tuple[Value, ...]
     steps: tuple[Step, ...]
     keyed: bool
+
+    def __post_init__(self) -> None:
+        # A refusal commits (with its key), so it must come before anything was written:
+        # a Need may follow only reads; its own statement may write, all or nothing.
+        wrote = False
+        for step in self.steps:
+            if isinstance(step, Need):
+                if wrote:
+                    raise ValueError(f"{self.name}: a Need after a write could refuse half a move")
+                wrote = not isinstance(step.statement, Select)
+            elif isinstance(step, Run | Record | Call):
+                wrote = True
 
     @property
     def locals(self) -> tuple[Value, ...]:
@@ -233,10 +248,16 @@ def _shard_add(
 ) -> Run:
     """A system account's totals live on its shard for this user's bucket."""
     zero: ColumnElement[Any] = literal_column("0")
-    upsert = sql.insert(shards).values(
-        account_id=account,
-        shard=user % literal_column(str(SHARDS)),
-        **{col: deltas.get(col, zero) for col in TOTALS},
+    # inline: no RETURNING of the key, which SQLAlchemy would add because `shard` is
+    # an expression (a row fetched for nothing; in PL/pgSQL, an error).
+    upsert = (
+        sql.insert(shards)
+        .inline()
+        .values(
+            account_id=account,
+            shard=user % literal_column(str(SHARDS)),
+            **{col: deltas.get(col, zero) for col in TOTALS},
+        )
     )
     return Run(
         upsert.on_conflict_do_update(
@@ -389,7 +410,8 @@ def _resolve(sql: Dialect) -> Program:
         .returning(h.account_id, h.amount, h.posted_amount)
     )
     # Why not: read after the update, so a post, void or expiry that committed since
-    # is seen. The first rule that fails names the refusal.
+    # is seen. The first rule that fails names the refusal; none (the hold changed in
+    # between) runs the call again.
     found = holds.alias("found")
     f = found.c
     found_charge = func.coalesce(CHARGE(), f.amount)
@@ -399,7 +421,8 @@ def _resolve(sql: Dialect) -> Program:
                 (f.id.is_(None), "unknown_hold"),
                 (found_charge > f.amount, "exceeds_hold"),
                 (f.state != "pending", "hold_not_pending"),
-                else_="hold_expired",
+                (and_(REQUIRE_UNEXPIRED(), f.timeout_at <= NOW()), "hold_expired"),
+                else_=RETRY,
             ).label("code"),
             HOLD().label("hold"),
             found_charge.label("charge"),
@@ -416,8 +439,9 @@ def _resolve(sql: Dialect) -> Program:
         "resolve",
         (TRANSFER_ID, HOLD, STATE, KIND, CHARGE, REQUIRE_UNEXPIRED, NOW),
         (
-            Need(won, why, into=(HOLD_ACCOUNT, HOLD_AMOUNT, POSTED)),
+            # The hold's transfer never changes: read before the hold's row is written.
             Need(origin, why, into=(ORIGIN_CREDIT, ORIGIN_REASON, ORIGIN_NOTE)),
+            Need(won, why, into=(HOLD_ACCOUNT, HOLD_AMOUNT, POSTED)),
             Run(
                 update(accounts)
                 .where(accounts.c.id == HOLD_ACCOUNT())

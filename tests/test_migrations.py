@@ -186,26 +186,40 @@ async def conn_scalar(engine: Any, sql: str) -> Any:
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
-async def test_ledger_functions_of_other_code_are_reported_then_replaced(
+async def test_ledger_functions_are_versioned_and_only_ours_are_replaced(
     database_url: str,
 ) -> None:
-    """The functions are generated from the ledger's programs: a database holding others
-    (an older release's, one edited by hand, one left over) makes services refuse to
-    start until `trt migrate` replaces them all; a second install changes nothing."""
+    """The functions are generated from the ledger's programs and named by their digest.
+    A database lacking this code's version (or holding an edited copy of it) makes
+    services refuse to start until `trt migrate` installs it; the newest versions before
+    it stay for instances still running them, older ones go, and functions it did not
+    install (an earlier release's, another tool's) are left alone."""
     url = database_url
     await asyncio.to_thread(upgrade_to_head, url)
     assert await migration_problem(url) is None
 
     def tamper(connection: Connection) -> None:
-        # An older release's helper, and a generated function whose note is not ours.
+        for n, version in enumerate(("000000000000000a", "000000000000000b", "000000000000000c")):
+            connection.execute(
+                text(
+                    f"CREATE FUNCTION ledger_post_{version}(p integer) RETURNS integer"
+                    " LANGUAGE sql AS $$ SELECT p $$"
+                )
+            )
+            connection.execute(
+                text(
+                    f"COMMENT ON FUNCTION ledger_post_{version}(integer)"
+                    f" IS '{ledger_plpgsql.MARK}{version} #{n + 1}'"
+                )
+            )
         connection.execute(
             text(
                 "CREATE FUNCTION ledger_claim(p_key text) RETURNS jsonb"
                 " LANGUAGE sql AS $$ SELECT NULL::jsonb $$"
             )
         )
-        name = next(iter(ledger_plpgsql.definitions()))
-        connection.execute(text(f"COMMENT ON FUNCTION {name} IS 'edited by hand'"))
+        current = next(iter(ledger_plpgsql.definitions()))
+        connection.execute(text(f"COMMENT ON FUNCTION {current} IS 'edited by hand'"))
 
     await on_connection(url, tamper)
     problem = await migration_problem(url)
@@ -221,7 +235,8 @@ async def test_ledger_functions_of_other_code_are_reported_then_replaced(
         return {row.proname for row in rows}
 
     generated = {name.split("(")[0] for name in ledger_plpgsql.definitions()}
-    assert await on_connection(url, names) == generated
+    kept = {"ledger_post_000000000000000b", "ledger_post_000000000000000c", "ledger_claim"}
+    assert await on_connection(url, names) == generated | kept
 
     engine = create_engine(DatabaseSettings(database_url=url))
     try:

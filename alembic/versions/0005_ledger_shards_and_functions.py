@@ -12,8 +12,9 @@ This revision also created PostgreSQL functions for the ledger, a hand-written c
 of its Python path. They are now generated from `storage.ledger_program` and
 installed by `trt migrate` after the migrations (`storage.ledger_plpgsql`): code
 derived from the repository, not schema, so no migration keeps a copy of it. A
-database migrated before keeps its old functions until `trt migrate` replaces them;
-going below this revision drops whatever ledger functions there are.
+database migrated before keeps the old functions (a rollback still finds them) and
+gets the generated ones beside them; going below this revision drops every ledger
+function there is.
 """
 
 from __future__ import annotations
