@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiogram import Bot
 from aiohttp import web
 from yarl import URL
 
@@ -228,6 +229,16 @@ def kie_host(kie: FakeKie) -> str:
     return host
 
 
+async def close_plain_http_session(bot: Bot) -> None:
+    """Closes the Bot's HTTP session without aiogram's 250 ms wait for TLS connections to
+    close: the fake Telegram speaks plain HTTP, and the suite builds hundreds of stacks."""
+    session = getattr(bot.session, "_session", None)
+    if session is None:  # an aiogram without the attribute: its own close, wait and all
+        await bot.session.close()
+    elif not session.closed:
+        await session.close()
+
+
 @asynccontextmanager
 async def running_stack(
     store: StateStore | None = None,
@@ -276,7 +287,7 @@ async def running_stack(
             RESULT_FETCH_ALLOW=kie_host(kie),
         )
         bot = build_bot(token, api.base_url)
-        exits.push_async_callback(bot.session.close)
+        exits.push_async_callback(close_plain_http_session, bot)
         client = KieClient(kie.base_url, kie.api_key, backoff_s=0.01, timeout_s=kie_timeout_s)
         exits.push_async_callback(client.close)
         product = build_product(

@@ -606,9 +606,7 @@ async def test_an_expired_hold_is_never_charged_late(stack: Stack) -> None:
     # The service's own sweeper may get there first; either way the hold is expired now.
     await stack.product.services.ledger.expire_due()
     async with stack.product.services.db.connect() as conn:
-        state = await conn.scalar(
-            text("SELECT state FROM holds WHERE id = :h"), {"h": job.hold_id}
-        )
+        state = await conn.scalar(text("SELECT state FROM holds WHERE id = :h"), {"h": job.hold_id})
     assert state == "expired"
     stack.kie.complete(str(job.task_id))
     job = await final_job(stack, 23)

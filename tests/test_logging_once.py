@@ -19,7 +19,6 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import structlog
 from engine.local.bot_api_server import FakeBotAPI
 from kie.fake_server import FakeKie
 from storage.migrate import upgrade_to_head
+from tests import warm
 from trt.observability.logs import REDACTED, configure_logging, install_error_counter
 from trt.observability.metrics import REGISTRY
 
@@ -154,42 +154,9 @@ def test_console_lines_are_written_once_and_redacted(root_logging: logging.Logge
 
 # ------------------------------------------------------------------ the command line
 
-# The real `trt.cli.main()`, with the work of one subcommand replaced by code that logs
-# a secret and a traceback (or raises): everything before it, settings and logging set-up
-# included, is what the subcommand does in production.
-RUNNER = textwrap.dedent(
-    """\
-    import asyncio, importlib, logging, os, sys
-
-    def work() -> int:
-        log = logging.getLogger("trt.test")
-        secrets = [os.environ[n] for n in ("BOT_TOKEN", "WEBHOOK_SECRET", "KIE_API_KEY")]
-        log.warning("calling out with %s", " and ".join(secrets))
-        if os.environ["LOG_TEST_HOW"] == "raise":
-            raise RuntimeError("escaped with " + " and ".join(secrets))
-        try:
-            raise RuntimeError("refused " + " and ".join(secrets))
-        except RuntimeError:
-            log.exception("the call failed")
-        return 0
-
-    async def async_work(*args, **kwargs):
-        return work()
-
-    def sync_work(*args, **kwargs):
-        return work()
-
-    module, _, name = os.environ["LOG_TEST_PATCH"].partition(":")
-    replaced = getattr(importlib.import_module(module), name)
-    fake = async_work if asyncio.iscoroutinefunction(replaced) else sync_work
-    setattr(importlib.import_module(module), name, fake)
-
-    from trt.cli import main
-
-    sys.exit(main())
-    """
-)
-
+# The real `trt.cli.main()` in a forked `trt`, with the work of one subcommand replaced
+# by tests/log_patch.py. (The forkserver has imported the program but configured no
+# logging: what the fork logs is what a cold start logs; `trt serve` below starts cold.)
 COMMANDS = {
     "serve": (["serve"], "trt.serve:serve"),
     "run": (["run"], "trt.run:run_bot"),
@@ -203,14 +170,11 @@ def run_cli(
     tmp_path: Path, command: str, how: str = "log", **env: str
 ) -> subprocess.CompletedProcess[str]:
     argv, patch = COMMANDS[command]
-    runner = tmp_path / "runner.py"
-    runner.write_text(RUNNER, encoding="utf-8")
-    return subprocess.run(
-        [sys.executable, str(runner), *argv],
+    return warm.run(
+        argv,
         env=secret_env(LOG_TEST_PATCH=patch, LOG_TEST_HOW=how, **env),
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
+        prepare="tests.log_patch:install",
         timeout=120,
     )
 

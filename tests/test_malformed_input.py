@@ -131,7 +131,8 @@ async def running_job(stack: Stack, user_id: int) -> JobRecord:
     chat = stack.chat(user_id)
     await order(chat, "text_to_image")
     await chat.tap("✅ Создать")
-    return await reach(stack, user_id, "submitted", "running")
+    # Running, not merely submitted: the poller's next look would move a submitted job on.
+    return await reach(stack, user_id, "running")
 
 
 async def snapshot(stack: Stack, job: JobRecord) -> tuple[Any, ...]:

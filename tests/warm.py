@@ -18,6 +18,7 @@ start it cold, with subprocess.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import multiprocessing
 import os
 import signal
@@ -62,10 +63,12 @@ def _redirect(fd: int, path: str, flags: int) -> None:
     os.close(opened)
 
 
-def _main(args: list[str], env: dict[str, str], cwd: str, io: tuple[str, str, str]) -> None:
+def _main(
+    args: list[str], env: dict[str, str], cwd: str, io: tuple[str, str, str], prepare: str
+) -> None:
     """The child: the environment, directory, files and signal handlers of a fresh
     `trt ARGS` (the forkserver inherits what its starter ignores; a shell's child does
-    not ignore Ctrl-C)."""
+    not ignore Ctrl-C); then `prepare` ("module:function", a test's patch) if given."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.environ.clear()
@@ -79,6 +82,9 @@ def _main(args: list[str], env: dict[str, str], cwd: str, io: tuple[str, str, st
     sys.stdout = open(1, "w", buffering=1, closefd=False)
     sys.stderr = open(2, "w", buffering=1, closefd=False)
     sys.argv = ["trt", *args]
+    if prepare:
+        module, _, name = prepare.partition(":")
+        getattr(importlib.import_module(module), name)()
     from trt.cli import main
 
     try:
@@ -103,9 +109,11 @@ class Trt:
         stdin_path: Path | None = None,
         stdout: Path | None = None,
         stderr: Path | None = None,
+        prepare: str = "",
     ) -> None:
         """`stdin` is all the program reads, or `stdin_path` names what it reads from
-        (a FIFO the test writes to); its output goes to files."""
+        (a FIFO the test writes to); its output goes to files. `prepare` names a function
+        ("module:function") the child calls before `main`."""
         self._dir = Path(tempfile.mkdtemp(dir=_scratch_dir()))
         if stdin_path is None:
             stdin_path = self._dir / "stdin"
@@ -114,7 +122,7 @@ class Trt:
         self.stderr_path = stderr or self._dir / "stderr"
         io = (str(stdin_path), str(self.stdout_path), str(self.stderr_path))
         self._process: BaseProcess = forkserver().Process(
-            target=_main, args=(list(args), dict(env), str(cwd), io), daemon=False
+            target=_main, args=(list(args), dict(env), str(cwd), io, prepare), daemon=False
         )
         self._process.start()
         assert self._process.pid is not None
@@ -166,10 +174,11 @@ def run(
     cwd: Path,
     stdin: str = "",
     timeout: float = 60,
+    prepare: str = "",
 ) -> subprocess.CompletedProcess[str]:
     """`subprocess.run(["trt", *args], input=stdin, capture_output=True, text=True)`,
     forked warm."""
-    process = Trt(args, env=env, cwd=cwd, stdin=stdin)
+    process = Trt(args, env=env, cwd=cwd, stdin=stdin, prepare=prepare)
     try:
         code = process.join(timeout)
     except subprocess.TimeoutExpired:
