@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -18,7 +22,9 @@ from storage import ledger_plpgsql
 from storage.db import create_engine
 from storage.ledger import Ledger
 from storage.migrate import (
+    HEAD_REVISION,
     alembic_config,
+    alembic_head,
     current_revision,
     downgrade_to_base,
     head_revision,
@@ -30,6 +36,7 @@ from storage.settings import DatabaseSettings
 from storage.users import ensure_user
 
 _T = TypeVar("_T")
+ROOT = Path(__file__).resolve().parent.parent
 
 
 async def on_connection(url: str, work: Callable[[Connection], _T]) -> _T:
@@ -48,8 +55,32 @@ def table_names(connection: Connection) -> set[str]:
 MONEY_TABLES = {"users", "accounts", "transfers", "entries", "holds", "idempotency_keys", "jobs"}
 
 
-def test_head_is_the_job_delivering_revision() -> None:
-    assert head_revision() == "0007"
+def test_the_written_head_is_the_head_alembic_finds() -> None:
+    """HEAD_REVISION lets `trt migrate` skip Alembic at the head; a new migration must
+    move it, or this fails."""
+    assert head_revision() == HEAD_REVISION == alembic_head() == "0007"
+
+
+async def test_a_database_at_the_head_is_left_alone_and_alembic_is_not_imported(
+    migrated_database_url: str, tmp_path: Path
+) -> None:
+    """`trt migrate` on a database at the head: it answers without importing Alembic
+    (on PostgreSQL after checking that this code's ledger functions are there)."""
+    probe = (
+        "import sys; from storage.migrate import upgrade_to_head; upgrade_to_head(sys.argv[1]);"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('alembic', 'aiogram')))"
+    )
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", probe, migrated_database_url],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 async def test_upgrade_clean_database_to_head(database_url: str) -> None:

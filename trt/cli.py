@@ -8,16 +8,15 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from engine.checker import check_flow, load_checked
-from engine.diagram import dot, edge_labels, mermaid
-from engine.graph import FlowGraph
-from engine.loader import FlowError, LoadedFlow, load_flow
-from engine.paths import covering_paths, format_path, tap_labels
 from trt.observability.logs import configure_logging, logging_restored
 from trt.settings import Settings, describe, read_all, secret_values
+
+if TYPE_CHECKING:  # the flows commands import the engine when they run: `trt migrate` needs none
+    from engine.loader import FlowError, LoadedFlow
 
 log = logging.getLogger("trt")
 
@@ -25,6 +24,8 @@ log = logging.getLogger("trt")
 def _load(path: Path) -> LoadedFlow | None:
     """The flow, if it passes the check; else its problems on stderr. Graphs and paths
     of a broken file would silently leave out what is broken."""
+    from engine.checker import load_checked
+    from engine.loader import FlowError
     from flows.registry import build_registry
 
     try:
@@ -49,6 +50,8 @@ def refused(command: str, path: Path) -> int | None:
 
 
 def flows_check(args: argparse.Namespace) -> int:
+    from engine.checker import check_flow
+    from engine.loader import FlowError, load_flow
     from flows.registry import build_registry
 
     try:
@@ -76,6 +79,9 @@ def flows_check(args: argparse.Namespace) -> int:
 
 
 def flows_graph(args: argparse.Namespace) -> int:
+    from engine.diagram import dot, edge_labels, mermaid
+    from engine.graph import FlowGraph
+
     flow = _load(args.file)
     if flow is None:
         return 1
@@ -87,6 +93,9 @@ def flows_graph(args: argparse.Namespace) -> int:
 
 
 def flows_paths(args: argparse.Namespace) -> int:
+    from engine.diagram import edge_labels
+    from engine.graph import FlowGraph
+    from engine.paths import covering_paths, format_path, tap_labels
     from flows.registry import build_registry
 
     flow = _load(args.file)
