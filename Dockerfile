@@ -1,4 +1,4 @@
-# The bot as a container: `trt migrate`, then `trt serve` (ops/start.sh).
+# The bot as a container: `trt serve --migrate` (ops/start.sh), migrations then service.
 # Build: docker build -t trt .   Run: docker run --env-file .env -p 8080:8080 trt
 FROM python:3.12-slim
 

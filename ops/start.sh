@@ -11,5 +11,5 @@ case "${DATABASE_URL:-}" in
 esac
 export DATABASE_URL
 
-trt migrate
-exec trt serve
+# One process migrates and serves: the imports are paid once.
+exec trt serve --migrate

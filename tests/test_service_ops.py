@@ -205,7 +205,7 @@ def test_the_image_has_every_package_and_starts_with_migrate_then_serve(tmp_path
     # Run the start script with a stand-in `trt` that records what it was asked.
     fake = tmp_path / "bin"
     fake.mkdir()
-    (fake / "trt").write_text('#!/bin/sh\necho "$1 $DATABASE_URL" >> "$LOG"\n')
+    (fake / "trt").write_text('#!/bin/sh\necho "$* $DATABASE_URL" >> "$LOG"\n')
     (fake / "trt").chmod(0o755)
     for given, expected in [
         ("postgres://u:p@h:5432/db", "postgresql+asyncpg://u:p@h:5432/db"),
@@ -217,7 +217,7 @@ def test_the_image_has_every_package_and_starts_with_migrate_then_serve(tmp_path
         log.unlink(missing_ok=True)
         env = {"PATH": f"{fake}:/usr/bin:/bin", "DATABASE_URL": given, "LOG": str(log)}
         subprocess.run(["sh", str(ROOT / "ops/start.sh")], env=env, check=True, timeout=30)
-        assert log.read_text().splitlines() == [f"migrate {expected}", f"serve {expected}"]
+        assert log.read_text().splitlines() == [f"serve --migrate {expected}"]
 
 
 def test_the_render_blueprint_runs_the_image_with_its_database() -> None:

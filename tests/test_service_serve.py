@@ -135,12 +135,12 @@ async def test_serve_with_a_webhook(
 
 
 async def test_serve_with_long_polling(fakes: tuple[FakeBotAPI, FakeKie], tmp_path: Path) -> None:
+    """Also `--migrate` (the container's start): a new database is migrated, then served."""
     api, kie = fakes
     database_url = f"sqlite+aiosqlite:///{tmp_path}/bot.db"
-    await asyncio.to_thread(upgrade_to_head, database_url)
     port = free_port()
     env = serve_env(api, kie, database_url, port)
-    process = Trt(["serve"], env=env, cwd=tmp_path)
+    process = Trt(["serve", "--migrate"], env=env, cwd=tmp_path)
     try:
         async with aiohttp.ClientSession() as http:
             await until_ready(http, f"http://127.0.0.1:{port}", process)

@@ -167,12 +167,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
 
-def serve(_: argparse.Namespace) -> int:
+def serve(args: argparse.Namespace) -> int:
     from trt.serve import main as serve_main
 
     if (code := refused("serve", Settings().flows_path)) is not None:
         return code
-    return serve_main()
+    return serve_main(migrate=args.migrate)
 
 
 def _say_bad(settings: object, command: str = "trt") -> None:
@@ -189,7 +189,7 @@ GET /healthz, GET /readyz and GET /metrics, on HOST:PORT.
 With WEBHOOK_URL set it registers that URL with Telegram (with WEBHOOK_SECRET as
 the secret token); without it, it long-polls. Needs BOT_TOKEN, KIE_API_KEY,
 PUBLIC_BASE_URL, a WEBHOOK_SECRET of 16+ characters, and a database at the
-latest migration (`trt migrate`). Every setting is listed in .env.example.
+latest migration (`trt migrate`, or `--migrate`). Every setting is listed in .env.example.
 SIGTERM stops it gracefully: in-flight updates and job steps finish first.
 Exit codes: 0 stopped, 1 could not start, 2 bad or missing settings."""
 
@@ -258,12 +258,18 @@ def parser() -> argparse.ArgumentParser:
         "--lang", default="ru", help="the local chat's language (default: %(default)s)"
     )
     run_cmd.set_defaults(func=run)
-    sub.add_parser(
+    serve_cmd = sub.add_parser(
         "serve",
         help="run the bot in production: webhook or polling, health, readiness, metrics",
         description=SERVE_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-    ).set_defaults(func=serve)
+    )
+    serve_cmd.add_argument(
+        "--migrate",
+        action="store_true",
+        help="first bring the database to the latest migration (as `trt migrate`, in-process)",
+    )
+    serve_cmd.set_defaults(func=serve)
     return top
 
 

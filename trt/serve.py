@@ -29,7 +29,7 @@ from aiogram.exceptions import TelegramAPIError
 from aiohttp import web
 
 from flows.generation.settings import GenerationSettings
-from storage.migrate import migration_problem
+from storage.migrate import migration_problem, upgrade_to_head
 from storage.processed_updates import ProcessedUpdates
 from storage.settings import DatabaseSettings
 from trt.app import build_bot
@@ -134,13 +134,18 @@ async def serve(
     *,
     stop: asyncio.Event | None = None,
     on_ready: Callable[[], None] | None = None,
+    migrate: bool = False,
 ) -> int:
-    """Runs until `stop` is set (or SIGTERM/SIGINT when `stop` is None); 0 on a clean stop."""
+    """Runs until `stop` is set (or SIGTERM/SIGINT when `stop` is None); 0 on a clean stop.
+    `migrate`: bring the database to the latest migration first, in this process (the
+    container's start: one interpreter pays the imports, not two)."""
     generation = GenerationSettings()
     database = DatabaseSettings()
     if found := problems(settings, generation):
         print("trt serve: cannot start:\n  " + "\n  ".join(found), file=sys.stderr)
         return 2
+    if migrate:
+        await asyncio.to_thread(upgrade_to_head, database.database_url)
     if reason := await migration_problem(database.database_url):
         print(f"trt serve: {reason}", file=sys.stderr)
         return 1
@@ -197,7 +202,7 @@ async def _until_stopped(stop: asyncio.Event, polling: asyncio.Task[None] | None
     return True
 
 
-def main() -> int:
+def main(migrate: bool = False) -> int:
     """`trt serve`: settings read and checked first, then logging, then the service."""
     try:
         every = read_all()
@@ -209,4 +214,4 @@ def main() -> int:
     configure_logging(
         level=settings.log_level, json_lines=settings.json_logs, secrets=secret_values(every)
     )
-    return asyncio.run(serve(settings))
+    return asyncio.run(serve(settings, migrate=migrate))
