@@ -68,7 +68,12 @@ class Where:
 
     @property
     def key(self) -> str:
-        return f"{self.chat_id}:{self.user.id}"
+        return conversation_key(self.chat_id, self.user.id)
+
+
+def conversation_key(chat_id: int, user_id: int) -> str:
+    """The store's key of a conversation: one per user in each chat."""
+    return f"{chat_id}:{user_id}"
 
 
 class FlowEngine:

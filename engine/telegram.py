@@ -24,11 +24,18 @@ from typing import Any
 from aiogram import BaseMiddleware, Bot, Dispatcher, Router
 from aiogram.exceptions import TelegramAPIError, TelegramBadRequest, TelegramForbiddenError
 from aiogram.filters import Command, CommandObject, CommandStart
-from aiogram.types import CallbackQuery, Message, TelegramObject, User
+from aiogram.types import CallbackQuery, Message, TelegramObject, Update, User
 
-from engine.runtime import FlowEngine, RetryLater, Where
+from engine.runtime import FlowEngine, RetryLater, Where, conversation_key
 
-__all__ = ["AnswerOnce", "RetryLater", "UpdateNotProcessed", "build_router", "install"]
+__all__ = [
+    "AnswerOnce",
+    "RetryLater",
+    "UpdateNotProcessed",
+    "build_router",
+    "conversation_of",
+    "install",
+]
 
 log = logging.getLogger("engine")
 
@@ -84,8 +91,23 @@ class AnswerOnce:
 
 
 def where_of(bot: Bot, query: CallbackQuery) -> Where:
-    chat_id = query.message.chat.id if query.message is not None else query.from_user.id
-    return Where(bot, chat_id, query.from_user)
+    return Where(bot, _chat_of(query), query.from_user)
+
+
+def _chat_of(query: CallbackQuery) -> int:
+    return query.message.chat.id if query.message is not None else query.from_user.id
+
+
+def conversation_of(update: Update) -> str | None:
+    """The store key of the conversation the engine will load for `update` (a tap or a
+    message from a user), so that a transport may read it ahead; None for other updates."""
+    if update.callback_query is not None:
+        query = update.callback_query
+        return conversation_key(_chat_of(query), query.from_user.id)
+    message = update.message
+    if message is not None and message.from_user is not None:
+        return conversation_key(message.chat.id, message.from_user.id)
+    return None
 
 
 def _locale(engine: FlowEngine, user: User | None) -> str:

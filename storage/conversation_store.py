@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import ScalarSelect, Select, bindparam, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.dml import Insert, Update
 
 from engine.store import Snapshot
 from storage import retry
-from storage.db import insert_if_absent, write_transaction
+from storage.db import insert_if_absent, single_read, write_transaction
 from storage.models import ConversationState, table_of
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,20 @@ _c = _table.c
 # Built once at import: SQLAlchemy caches the compiled SQL per statement, so
 # the hot path only binds parameters.
 _LOAD = select(_c.state, _c.counter, _c.locale, _c.data).where(_c.key == bindparam("k"))
+
+# A conversation read ahead for the update being handled (`read_beside`), and given to
+# that update's first load of it instead of a second statement. Each update is handled
+# in a task of its own (a webhook request, a polled update), so it is never another's.
+_read_ahead: ContextVar[tuple[str, Snapshot | None] | None] = ContextVar(
+    "conversation_read_ahead", default=None
+)
+
+
+def _snapshot(row: Any) -> Snapshot | None:
+    if row is None or row.state is None:
+        return None
+    return Snapshot(row.state, row.counter, row.locale, dict(row.data or {}))
+
 
 _NEW_VALUES: dict[str, Any] = {
     "state": bindparam("new_state", type_=_c.state.type),
@@ -77,19 +92,38 @@ class SqlStateStore:
             self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         else:
             # With aiosqlite, switching the isolation level costs thread hops on
-            # every checkout, more than the transaction pysqlite opens only
-            # around a write (a read runs in none).
+            # every checkout: writes take the writer discipline's BEGIN IMMEDIATE.
             self._engine = engine
+        self._reader = single_read(engine)
         self._insert = _INSERTS[dialect]
+        self.db = engine
+
+    def beside(self, value: ScalarSelect[Any]) -> Select[Any]:
+        """One statement reading `value` and the conversation :k (for `read_beside`)."""
+        one = select(literal(1).label("one")).subquery()
+        return select(value.label("beside"), _c.state, _c.counter, _c.locale, _c.data).select_from(
+            one.outerjoin(_table, _c.key == bindparam("k"))
+        )
+
+    async def read_beside(self, statement: Select[Any], params: dict[str, Any], key: str) -> Any:
+        """Runs `statement` (from `beside`) and returns its value; the conversation `key`
+        it read too is what this update's first `load(key)` returns: the same read, one
+        round trip earlier, so as current as the load it saves."""
+        async with self._reader.connect() as conn:
+            row = (await conn.execute(statement, {**params, "k": key})).one()
+        _read_ahead.set((key, _snapshot(row)))
+        return row.beside
 
     async def load(self, key: str) -> Snapshot | None:
+        ahead = _read_ahead.get()
+        if ahead is not None and ahead[0] == key:
+            _read_ahead.set(None)  # once: a later load (after a lost race) reads again
+            return ahead[1]
+
         async def run() -> Snapshot | None:
-            async with self._engine.connect() as conn:
+            async with self._reader.connect() as conn:
                 row = (await conn.execute(_LOAD, {"k": key})).first()
-            if row is None:
-                return None
-            state, counter, locale, data = row
-            return Snapshot(state, counter, locale, dict(data or {}))
+            return _snapshot(row)
 
         return await with_retries(run)
 

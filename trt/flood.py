@@ -83,11 +83,7 @@ class FloodControl(BaseMiddleware):
 
     async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
         user: User | None = data.get(EVENT_FROM_USER_KEY)
-        if (
-            user is None
-            or not isinstance(event, Update)
-            or carries_effect(event, self.admin_ids)
-        ):
+        if user is None or not isinstance(event, Update) or carries_effect(event, self.admin_ids):
             return await handler(event, data)
         bucket = self._bucket(user.id)
         if bucket.tokens >= 1 and bucket.in_flight < self.limits.in_flight:

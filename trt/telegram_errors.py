@@ -48,6 +48,7 @@ def telegram_unreachable(exc: BaseException) -> bool:
     did not happen, and a later delivery may manage it."""
     return isinstance(exc, TelegramNetworkError | TelegramServerError | TelegramRetryAfter)
 
+
 log = logging.getLogger("trt.telegram")
 
 OnBlocked = Callable[[int], Awaitable[None]]

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from aiogram import Bot, Dispatcher
 from aiogram.types import Update
 
-from engine.telegram import UpdateNotProcessed
+from engine.telegram import UpdateNotProcessed, conversation_of
 from storage.processed_updates import ProcessedUpdates
 from trt.observability.context import scope
 from trt.observability.metrics import ERRORS, UPDATES
@@ -65,7 +65,7 @@ class UpdateProcessor:
 
     async def _process(self, update: Update) -> bool:
         try:
-            if await self.processed.seen(update.update_id):
+            if await self.processed.seen(update.update_id, conversation_of(update)):
                 UPDATES.labels(update.event_type, "duplicate").inc()
                 log.info("update already handled; acknowledged again")
                 return True

@@ -20,6 +20,7 @@ from engine.runtime import FlowEngine
 from engine.telegram import UpdateNotProcessed
 from pricing.catalog import Catalog, CatalogError
 from pricing.source import CatalogSource
+from storage.conversation_store import SqlStateStore
 from storage.errors import is_unavailable
 from storage.processed_updates import ProcessedUpdates
 from storage.users import set_active
@@ -28,6 +29,7 @@ from trt.health import Readiness, add_health_routes
 from trt.observability.endpoint import add_metrics_route
 from trt.observability.http import observe_requests
 from trt.observability.logs import install_error_counter
+from trt.observability.store import CorrelatedStore
 from trt.observability.updates import Handler, UpdateObserver
 from trt.telegram_errors import TelegramErrors, telegram_unreachable
 from trt.updates import UpdateProcessor
@@ -131,7 +133,10 @@ def add_service_routes(
     metrics_token: str | None = None,
 ) -> ServiceRoutes:
     app.middlewares.append(observe_requests)
-    processor = UpdateProcessor(dispatcher, bot, ProcessedUpdates(db), retry_later)
+    store = engine.store.inner if isinstance(engine.store, CorrelatedStore) else engine.store
+    # The update's dedup read also reads its conversation when both live in `db`.
+    states = store if isinstance(store, SqlStateStore) and store.db is db else None
+    processor = UpdateProcessor(dispatcher, bot, ProcessedUpdates(db, states), retry_later)
     add_telegram_webhook(app, processor, webhook_secret)
     readiness = Readiness(db, lambda: bool(engine.spec.states), prices_loaded)
     add_health_routes(app, readiness)

@@ -1,0 +1,79 @@
+"""Database round trips of a navigation tap, counted at the driver (not timed).
+
+A tap on a menu button reads twice in one statement (was the update handled before?
+and the conversation), moves the conversation with one compare-and-set, and records
+the update id once it is handled; the records of taps that finish together share one
+INSERT. Nothing else reaches the database for a screen without data providers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+
+import pytest
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.harness import Chat, Stack, running_stack
+
+MENU = ["🆓 Бесплатные модели", "« Назад", "❓ Помощь", "≡ Главное меню"]
+
+
+@pytest.fixture
+async def stack(migrated_database_url: str) -> AsyncIterator[Stack]:
+    async with running_stack(db_url=migrated_database_url) as s:
+        # The job poller and hold sweeper would query between taps: after their pass
+        # under way, they wait an hour.
+        s.product.generation.settings.poll_interval_s = 3600
+        await asyncio.sleep(0.5)
+        yield s
+
+
+@contextmanager
+def statements(db: AsyncEngine) -> Iterator[list[str]]:
+    """Every statement sent, but the BEGIN/COMMIT/ROLLBACK around them."""
+    sent: list[str] = []
+
+    def record(_c: object, _cur: object, sql: str, *_: object) -> None:
+        if sql.split()[0].upper() not in ("BEGIN", "COMMIT", "ROLLBACK"):
+            sent.append(" ".join(sql.split()))
+
+    event.listen(db.sync_engine, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        event.remove(db.sync_engine, "before_cursor_execute", record)
+
+
+async def test_a_menu_tap_is_one_read_one_move_and_its_record(stack: Stack) -> None:
+    chat = stack.chat(501)
+    await chat.send("/start")
+    db = stack.product.services.db
+    for label in MENU:
+        with statements(db) as sent:
+            await chat.tap(label)
+        kinds = [s.split()[0] for s in sent]
+        assert kinds == ["SELECT", "UPDATE", "INSERT"], (label, sent)
+        assert "processed_updates" in sent[0] and "conversation_state" in sent[0]
+        assert sent[2].startswith("INSERT INTO processed_updates")
+
+
+async def test_taps_that_finish_together_share_the_record(stack: Stack) -> None:
+    chats = [stack.chat(600 + i) for i in range(12)]
+    for chat in chats:
+        await chat.send("/start")
+    db = stack.product.services.db
+
+    async def taps(chat: Chat) -> None:
+        for label in MENU:
+            await chat.tap(label)
+
+    with statements(db) as sent:
+        await asyncio.gather(*(taps(c) for c in chats))
+    taps_made = len(chats) * len(MENU)
+    records = [s for s in sent if s.startswith("INSERT INTO processed_updates")]
+    assert sum(s.startswith("UPDATE conversation_state") for s in sent) == taps_made
+    assert sum("FROM processed_updates" in s for s in sent) == taps_made
+    assert len(records) < taps_made, (len(records), taps_made)
