@@ -75,14 +75,19 @@ def upgrade_to_head(database_url: str | None = None) -> None:
         _on_own_thread(lambda: asyncio.run(_with_engine(url, _install_ledger_functions)))
 
 
-async def _up_to_date(connection: AsyncConnection) -> bool:
+async def _version(connection: AsyncConnection) -> str | None:
+    """The revision in alembic_version, read without Alembic; None if never migrated."""
     try:
         # A savepoint: on PostgreSQL a failed statement would end the transaction.
         async with connection.begin_nested():
             version = await connection.scalar(text("SELECT version_num FROM alembic_version"))
-    except DBAPIError:  # no alembic_version table: a database never migrated
-        return False
-    if version != HEAD_REVISION:
+    except DBAPIError:  # no alembic_version table
+        return None
+    return None if version is None else str(version)
+
+
+async def _up_to_date(connection: AsyncConnection) -> bool:
+    if await _version(connection) != HEAD_REVISION:
         return False
     return connection.dialect.name != "postgresql" or (
         await _ledger_functions_problem(connection) is None
@@ -162,7 +167,7 @@ async def migration_problem(database_url: str | None = None) -> str | None:
     Services refuse to start on an old schema rather than fail on the first update.
     """
     url = database_url or DatabaseSettings().database_url
-    current = await asyncio.to_thread(current_revision, url)
+    current = await _with_engine(url, _version)
     head = head_revision()
     if current != head:
         at = current or "none"
