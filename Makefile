@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint bench bench-ledger faults
+.PHONY: run test lint bench bench-ledger bench-service faults
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,13 @@ bench: $(STAMP)
 # see `python -m bench.ledger_bench --help` for --quick and --no-postgres.
 bench-ledger: $(STAMP)
 	$(BIN)/python -m bench.ledger_bench
+
+# Issue 14: one update over the whole webhook path, `trt serve` (memory, SQLite, PostgreSQL)
+# against a plain aiogram webhook bot, as processes over real HTTP; needs PostgreSQL
+# (TEST_DATABASE_URL) for its last row. Several minutes; `python -m bench.service_bench
+# --help` for --quick, --only, --rounds and --profile.
+bench-service: $(STAMP)
+	$(BIN)/python -m bench.service_bench
 
 # The fault campaign (issue 11): every effect point x fault through a real `trt serve`
 # (kill -9, database dropped or refusing, Telegram 5xx/cut/timeout/429, KIE cut/timeout)
