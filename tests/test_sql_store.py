@@ -347,7 +347,7 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("DB_POOL_SIZE", "3")
     monkeypatch.setenv("DB_POOL_PRE_PING", "false")
     settings = DatabaseSettings()
-    assert (settings.pool_size, settings.max_overflow, settings.pool_pre_ping) == (3, 10, False)
+    assert (settings.pool_size, settings.max_overflow, settings.pool_pre_ping) == (3, 0, False)
 
 
 async def test_sqlite_engine_creates_its_directory_and_uses_wal(tmp_path: Path) -> None:

@@ -113,6 +113,9 @@ async def _start_updates(
     product: Product, settings: Settings, routes: ServiceRoutes, stop: asyncio.Event
 ) -> asyncio.Task[None] | None:
     """Registers the webhook, or starts polling; returns the polling task."""
+    # The bot's own user, asked once before any update: aiogram keeps it, and screens
+    # that show the bot's name would otherwise each ask while the first answer is due.
+    await product.bot.me()
     allowed = product.dispatcher.resolve_used_update_types()
     if settings.webhook_url:
         await product.bot.set_webhook(
