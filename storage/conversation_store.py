@@ -21,7 +21,7 @@ from sqlalchemy.sql.dml import Insert, Update
 
 from engine.store import Snapshot
 from storage import retry
-from storage.db import insert_if_absent, single_read, write_transaction
+from storage.db import insert_if_absent, single_read, single_write
 from storage.models import ConversationState, table_of
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ class SqlStateStore:
             params["expected"] = expected_counter
 
         async def run() -> bool:
-            async with write_transaction(self._engine) as conn:
+            async with single_write(self._engine) as conn:
                 result = await conn.execute(statement, params)
             return result.rowcount == 1
 

@@ -144,9 +144,10 @@ def _on_sqlite_begin(connection: Connection) -> None:
 
 
 SQLITE_BEGIN = "sqlite_begin"
-# For a connection that runs exactly one SELECT (no write, no second statement that must
-# see the same snapshot): `engine.execution_options(**single_read())`.
-SINGLE_READ = "single read"
+# For a connection that runs exactly one statement, its own transaction (a SELECT that
+# no second statement must see the same snapshot as, or one write): `single_read`,
+# `single_write`.
+SINGLE_READ = "single statement"
 
 
 def single_read(engine: AsyncEngine) -> AsyncEngine:
@@ -155,6 +156,24 @@ def single_read(engine: AsyncEngine) -> AsyncEngine:
     if engine.dialect.name == "sqlite":
         return engine.execution_options(**{SQLITE_BEGIN: SINGLE_READ})
     return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
+@contextlib.asynccontextmanager
+async def single_write(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """The way to write with exactly one statement (the conversation store's
+    compare-and-set): one statement is atomic by itself, so it runs as its own
+    transaction, on SQLite without BEGIN and COMMIT around it (two statements, four
+    hand-offs to aiosqlite's thread fewer) but still in this process's writer queue
+    (`sqlite_writer`); on PostgreSQL in autocommit."""
+    reader = _single.get(engine)
+    if reader is None:
+        reader = _single[engine] = single_read(engine)
+    async with sqlite_writer(engine), reader.connect() as conn:
+        yield conn
+        await conn.commit()
+
+
+_single: weakref.WeakKeyDictionary[AsyncEngine, AsyncEngine] = weakref.WeakKeyDictionary()
 
 
 # One lock per engine and event loop: asyncio locks belong to a loop, and tests run
