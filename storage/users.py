@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from storage.db import insert_if_absent, write_transaction
+from storage.db import insert_if_absent, single_write, write_transaction
 from storage.models import Account, User, table_of
 
 _users = table_of(User)
@@ -77,8 +77,9 @@ async def set_active(engine: AsyncEngine, user_id: int, active: bool) -> bool:
     """Marks whether the bot can reach the user (False: they blocked it); True if it changed.
 
     Only known users: one who blocked the bot before ever being stored has nothing to mark.
+    One statement (every /start runs it): its own transaction.
     """
-    async with write_transaction(engine) as conn:
+    async with single_write(engine) as conn:
         result = await conn.execute(
             update(_users)
             .where(_users.c.id == user_id, _users.c.is_active != active)
