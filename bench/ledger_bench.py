@@ -77,6 +77,7 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bench.report import log, percentile
 from storage import ledger_functions, ledger_plpgsql
 from storage.db import create_engine
 from storage.ledger import ACCOUNT_TOTALS_SQL, Ledger, balance_query, statement_query
@@ -92,19 +93,6 @@ TARGET_PAIRS = 1000  # pairs/s on PostgreSQL with WORKERS workers
 TARGET_READ_MS = 100.0
 
 # ----------------------------------------------------------------- plumbing
-
-
-def log(message: str) -> None:
-    """Progress on stderr, so stdout is only the report."""
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[index]
 
 
 class _RetryCounter(logging.Handler):

@@ -113,6 +113,7 @@ import yaml
 from sqlalchemy.engine import URL, make_url
 
 from bench import plain_bot
+from bench.report import log, percentile
 from engine import callback_data
 from engine.graph import back_target
 from engine.local.bot_api_server import FakeBotAPI
@@ -158,18 +159,6 @@ TARGET_MIGRATE_HEAD_S = 1.0
 
 class BenchError(AssertionError):
     """A bot did something other than the workload expects."""
-
-
-def log(message: str) -> None:
-    """Progress on stderr, so stdout is only the report."""
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 def free_port() -> int:

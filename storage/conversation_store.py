@@ -86,14 +86,7 @@ class SqlStateStore:
         dialect = engine.dialect.name
         if dialect not in _INSERTS:
             raise ValueError(f"SqlStateStore supports sqlite and postgresql, not {dialect!r}")
-        if dialect == "postgresql":
-            # With asyncpg, autocommit is a client-side flag: each call is one
-            # round trip instead of three (BEGIN, statement, COMMIT).
-            self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
-        else:
-            # With aiosqlite, switching the isolation level costs thread hops on
-            # every checkout: writes take the writer discipline's BEGIN IMMEDIATE.
-            self._engine = engine
+        # Every call is one statement, its own transaction (single_read, single_write).
         self._reader = single_read(engine)
         self._insert = _INSERTS[dialect]
         self.db = engine
@@ -144,7 +137,7 @@ class SqlStateStore:
             params["expected"] = expected_counter
 
         async def run() -> bool:
-            async with single_write(self._engine) as conn:
+            async with single_write(self.db) as conn:
                 result = await conn.execute(statement, params)
             return result.rowcount == 1
 

@@ -136,26 +136,40 @@ def _on_sqlite_begin(connection: Connection) -> None:
     """BEGIN IMMEDIATE where asked (execution option `sqlite_begin`): the ledger reads a
     balance and then writes it, and a DEFERRED reader cannot upgrade to a writer once
     another has written, which SQLite reports as "database is locked" at once. No BEGIN
-    at all for SINGLE_READ: one SELECT is a consistent snapshot by itself, and the hot
-    path's reads skip a statement (a hand-off to aiosqlite's thread) that way."""
+    at all for SINGLE_STATEMENT: one statement is atomic and a consistent snapshot by
+    itself, and the hot path skips a statement (a hand-off to aiosqlite's thread)."""
     mode = connection.get_execution_options().get(SQLITE_BEGIN, "DEFERRED")
-    if mode != SINGLE_READ:
+    if mode != SINGLE_STATEMENT:
         connection.exec_driver_sql(f"BEGIN {mode}")
 
 
 SQLITE_BEGIN = "sqlite_begin"
-# For a connection that runs exactly one statement, its own transaction (a SELECT that
-# no second statement must see the same snapshot as, or one write): `single_read`,
-# `single_write`.
-SINGLE_READ = "single statement"
+# A connection that runs exactly one statement, its own transaction (a SELECT no second
+# statement must share a snapshot with, or one write): `single_read`, `single_write`.
+SINGLE_STATEMENT = "single statement"
+
+# The engine as each transaction kind wants it, made once per engine and kind
+# (execution_options costs ~20 µs a call, too much for every write).
+_variants: weakref.WeakKeyDictionary[AsyncEngine, dict[str, AsyncEngine]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _variant(engine: AsyncEngine, mode: str) -> AsyncEngine:
+    made = _variants.setdefault(engine, {})
+    if mode not in made:
+        if mode == SINGLE_STATEMENT and engine.dialect.name != "sqlite":
+            # PostgreSQL: autocommit, a client-side flag with asyncpg (no BEGIN/COMMIT).
+            made[mode] = engine.execution_options(isolation_level="AUTOCOMMIT")
+        else:
+            made[mode] = engine.execution_options(**{SQLITE_BEGIN: mode})
+    return made[mode]
 
 
 def single_read(engine: AsyncEngine) -> AsyncEngine:
     """`engine` for connections that run one SELECT each: on SQLite no BEGIN is sent (the
     statement is its own transaction); on PostgreSQL autocommit (no BEGIN/COMMIT trips)."""
-    if engine.dialect.name == "sqlite":
-        return engine.execution_options(**{SQLITE_BEGIN: SINGLE_READ})
-    return engine.execution_options(isolation_level="AUTOCOMMIT")
+    return _variant(engine, SINGLE_STATEMENT)
 
 
 @contextlib.asynccontextmanager
@@ -165,15 +179,9 @@ async def single_write(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     transaction, on SQLite without BEGIN and COMMIT around it (two statements, four
     hand-offs to aiosqlite's thread fewer) but still in this process's writer queue
     (`sqlite_writer`); on PostgreSQL in autocommit."""
-    reader = _single.get(engine)
-    if reader is None:
-        reader = _single[engine] = single_read(engine)
-    async with sqlite_writer(engine), reader.connect() as conn:
+    async with sqlite_writer(engine), _variant(engine, SINGLE_STATEMENT).connect() as conn:
         yield conn
         await conn.commit()
-
-
-_single: weakref.WeakKeyDictionary[AsyncEngine, AsyncEngine] = weakref.WeakKeyDictionary()
 
 
 # One lock per engine and event loop: asyncio locks belong to a loop, and tests run
@@ -205,14 +213,8 @@ async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnectio
     failed that way. BEGIN IMMEDIATE takes the write lock up front, and this process's
     writers queue on `sqlite_writer` instead of polling SQLite's lock. On PostgreSQL it
     is a plain transaction."""
-    immediate = _immediate.get(engine)
-    if immediate is None:  # made once per engine: execution_options costs ~20 µs a call
-        immediate = _immediate[engine] = engine.execution_options(**{SQLITE_BEGIN: "IMMEDIATE"})
-    async with sqlite_writer(engine), immediate.begin() as conn:
+    async with sqlite_writer(engine), _variant(engine, "IMMEDIATE").begin() as conn:
         yield conn
-
-
-_immediate: weakref.WeakKeyDictionary[AsyncEngine, AsyncEngine] = weakref.WeakKeyDictionary()
 
 
 def create_engine(settings: DatabaseSettings | None = None) -> AsyncEngine:

@@ -64,17 +64,16 @@ class ProcessedUpdates:
         )
         self._next: _Batch | None = None
         self._writer: asyncio.Task[None] | None = None
-        self._states = states
-        self._seen_beside = states.beside(_SEEN.scalar_subquery()) if states else None
+        # The conversation store and the statement that reads `seen` beside it.
+        self._beside = (states, states.beside(_SEEN.scalar_subquery())) if states else None
 
     async def seen(self, update_id: int, conversation: str | None = None) -> bool:
         """Whether `update_id` was handled. With the key of the `conversation` the update
         belongs to, that conversation is read in the same statement, for the update's
         first load: the hot path's two reads in one round trip."""
-        if conversation is not None and self._states and self._seen_beside is not None:
-            found = await self._states.read_beside(
-                self._seen_beside, {"id": update_id}, conversation
-            )
+        if conversation is not None and self._beside is not None:
+            states, statement = self._beside
+            found = await states.read_beside(statement, {"id": update_id}, conversation)
             return found is not None
         async with self._reader.connect() as conn:
             row = (await conn.execute(_SEEN, {"id": update_id})).first()

@@ -255,6 +255,7 @@ async def running_stack(
     flood: FloodLimits | None = None,
     flood_clock: Callable[[], float] = time.monotonic,
     token: str = TOKEN,
+    poll_interval_s: float = 0.2,
 ) -> AsyncIterator[Stack]:
     """The whole product on real HTTP: our webhook app on a real port, the real Bot talking
     to the fake Telegram, the real KIE client talking to the fake KIE, a real database.
@@ -263,7 +264,8 @@ async def running_stack(
     replace product actions (tests that count runs or make one fail). `api`, `kie` and
     `db_url`: share them between stacks, as two processes would. `flood`: per-user
     flood control as `trt serve` has it (off by default: tests tap faster than people),
-    its buckets filling by `flood_clock`.
+    its buckets filling by `flood_clock`. `poll_interval_s`: the job poller's and hold
+    sweeper's pause between passes.
     """
     async with contextlib.AsyncExitStack() as exits:
         if api is None:
@@ -282,7 +284,7 @@ async def running_stack(
             KIE_API_KEY=kie.api_key,
             KIE_BASE_URL=kie.base_url,
             PUBLIC_BASE_URL=url,
-            POLL_INTERVAL_S=0.2,
+            POLL_INTERVAL_S=poll_interval_s,
             # The fake KIE serves its results from 127.0.0.1: let delivery download them.
             RESULT_FETCH_ALLOW=kie_host(kie),
         )

@@ -23,11 +23,9 @@ MENU = ["🆓 Бесплатные модели", "« Назад", "❓ Помо
 
 @pytest.fixture
 async def stack(migrated_database_url: str) -> AsyncIterator[Stack]:
-    async with running_stack(db_url=migrated_database_url) as s:
-        # The job poller and hold sweeper would query between taps: after their pass
-        # under way, they wait an hour.
-        s.product.generation.settings.poll_interval_s = 3600
-        await asyncio.sleep(0.5)
+    # The job poller and hold sweeper would query between taps: after their first pass
+    # at start-up, they wait an hour.
+    async with running_stack(db_url=migrated_database_url, poll_interval_s=3600) as s:
         yield s
 
 
