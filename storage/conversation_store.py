@@ -20,8 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.dml import Insert, Update
 
 from engine.store import Snapshot
-from storage import retry
-from storage.db import insert_if_absent, single_read, single_write
+from storage import one_statement, retry
+from storage.db import insert_if_absent
 from storage.models import ConversationState, table_of
 
 log = logging.getLogger(__name__)
@@ -86,8 +86,7 @@ class SqlStateStore:
         dialect = engine.dialect.name
         if dialect not in _INSERTS:
             raise ValueError(f"SqlStateStore supports sqlite and postgresql, not {dialect!r}")
-        # Every call is one statement, its own transaction (single_read, single_write).
-        self._reader = single_read(engine)
+        # Every call is one statement, its own transaction (storage.one_statement).
         self._insert = _INSERTS[dialect]
         self.db = engine
 
@@ -102,8 +101,8 @@ class SqlStateStore:
         """Runs `statement` (from `beside`) and returns its value; the conversation `key`
         it read too is what this update's first `load(key)` returns: the same read, one
         round trip earlier, so as current as the load it saves."""
-        async with self._reader.connect() as conn:
-            row = (await conn.execute(statement, {**params, "k": key})).one()
+        row = await one_statement.read(self.db, statement, {**params, "k": key})
+        assert row is not None  # the outer join of one row always returns one
         _read_ahead.set((key, _snapshot(row)))
         return row.beside
 
@@ -114,9 +113,7 @@ class SqlStateStore:
             return ahead[1]
 
         async def run() -> Snapshot | None:
-            async with self._reader.connect() as conn:
-                row = (await conn.execute(_LOAD, {"k": key})).first()
-            return _snapshot(row)
+            return _snapshot(await one_statement.read(self.db, _LOAD, {"k": key}))
 
         return await with_retries(run)
 
@@ -137,8 +134,6 @@ class SqlStateStore:
             params["expected"] = expected_counter
 
         async def run() -> bool:
-            async with single_write(self.db) as conn:
-                result = await conn.execute(statement, params)
-            return result.rowcount == 1
+            return await one_statement.write(self.db, statement, params) == 1
 
         return await with_retries(run)

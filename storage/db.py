@@ -120,7 +120,7 @@ def _sqlite_file(url: URL) -> Path | None:
     return Path(database)
 
 
-def _on_sqlite_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+def on_sqlite_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
     # The driver's own implicit BEGIN is always DEFERRED; turn it off so the
     # begin hook below decides how each transaction starts.
     dbapi_connection.isolation_level = None
@@ -132,7 +132,7 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> N
         cursor.close()
 
 
-def _on_sqlite_begin(connection: Connection) -> None:
+def on_sqlite_begin(connection: Connection) -> None:
     """BEGIN IMMEDIATE where asked (execution option `sqlite_begin`): the ledger reads a
     balance and then writes it, and a DEFERRED reader cannot upgrade to a writer once
     another has written, which SQLite reports as "database is locked" at once. No BEGIN
@@ -167,21 +167,10 @@ def _variant(engine: AsyncEngine, mode: str) -> AsyncEngine:
 
 
 def single_read(engine: AsyncEngine) -> AsyncEngine:
-    """`engine` for connections that run one SELECT each: on SQLite no BEGIN is sent (the
-    statement is its own transaction); on PostgreSQL autocommit (no BEGIN/COMMIT trips)."""
+    """`engine` for connections that run one statement each: on SQLite no BEGIN is sent
+    (the statement is its own transaction); on PostgreSQL autocommit (no BEGIN/COMMIT
+    trips). storage.one_statement runs such statements; writes there take `sqlite_writer`."""
     return _variant(engine, SINGLE_STATEMENT)
-
-
-@contextlib.asynccontextmanager
-async def single_write(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    """The way to write with exactly one statement (the conversation store's
-    compare-and-set): one statement is atomic by itself, so it runs as its own
-    transaction, on SQLite without BEGIN and COMMIT around it (two statements, four
-    hand-offs to aiosqlite's thread fewer) but still in this process's writer queue
-    (`sqlite_writer`); on PostgreSQL in autocommit."""
-    async with sqlite_writer(engine), _variant(engine, SINGLE_STATEMENT).connect() as conn:
-        yield conn
-        await conn.commit()
 
 
 # One lock per engine and event loop: asyncio locks belong to a loop, and tests run
@@ -217,6 +206,16 @@ async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnectio
         yield conn
 
 
+# The SQLite files of the engines made here: storage.one_statement opens them a second
+# way, synchronously, for single statements.
+_sqlite_files: weakref.WeakKeyDictionary[AsyncEngine, URL] = weakref.WeakKeyDictionary()
+
+
+def sqlite_file_url(engine: AsyncEngine) -> URL | None:
+    """The URL of the SQLite file `engine` (from `create_engine`) is on; None otherwise."""
+    return _sqlite_files.get(engine)
+
+
 def create_engine(settings: DatabaseSettings | None = None) -> AsyncEngine:
     """The process-wide engine for `settings` (the environment when omitted)."""
     settings = settings or DatabaseSettings()
@@ -228,8 +227,9 @@ def create_engine(settings: DatabaseSettings | None = None) -> AsyncEngine:
             return create_async_engine(url, echo=settings.echo)
         path.parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(url, echo=settings.echo, poolclass=InstrumentedPool)
-        event.listen(engine.sync_engine, "connect", _on_sqlite_connect)
-        event.listen(engine.sync_engine, "begin", _on_sqlite_begin)
+        _sqlite_files[engine] = url
+        event.listen(engine.sync_engine, "connect", on_sqlite_connect)
+        event.listen(engine.sync_engine, "begin", on_sqlite_begin)
         return engine
     return create_async_engine(
         url,

@@ -22,8 +22,9 @@ from typing import Any
 from sqlalchemy import bindparam, delete, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from storage import one_statement
 from storage.conversation_store import SqlStateStore
-from storage.db import insert_if_absent, single_read, write_transaction
+from storage.db import insert_if_absent, write_transaction
 from storage.models import ProcessedUpdate, table_of
 
 _table = table_of(ProcessedUpdate)
@@ -49,13 +50,7 @@ class ProcessedUpdates:
         """`states`: the conversation store on the same database, whose conversation
         `seen` then reads in the same statement (see `seen`)."""
         dialect = engine.dialect.name
-        # One statement per call: autocommit on PostgreSQL saves the BEGIN/COMMIT trips.
-        self._engine = (
-            engine.execution_options(isolation_level="AUTOCOMMIT")
-            if dialect == "postgresql"
-            else engine
-        )
-        self._reader = single_read(engine)
+        self._engine = engine
         self._insert = insert_if_absent(
             dialect,
             _table,
@@ -75,9 +70,7 @@ class ProcessedUpdates:
             states, statement = self._beside
             found = await states.read_beside(statement, {"id": update_id}, conversation)
             return found is not None
-        async with self._reader.connect() as conn:
-            row = (await conn.execute(_SEEN, {"id": update_id})).first()
-        return row is not None
+        return await one_statement.read(self._engine, _SEEN, {"id": update_id}) is not None
 
     async def add(self, update_id: int) -> None:
         """Returns once `update_id` is written (raises what the write raised)."""
@@ -93,8 +86,7 @@ class ProcessedUpdates:
         while self._next is not None:
             batch, self._next = self._next, None
             try:
-                async with write_transaction(self._engine) as conn:
-                    await conn.execute(self._insert, batch.rows)
+                await one_statement.write(self._engine, self._insert, batch.rows)
             except Exception as exc:
                 batch.done.set_exception(exc)
             else:

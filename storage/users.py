@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from storage.db import insert_if_absent, single_write, write_transaction
+from storage import one_statement
+from storage.db import insert_if_absent, write_transaction
 from storage.models import Account, User, table_of
 
 _users = table_of(User)
@@ -79,10 +80,11 @@ async def set_active(engine: AsyncEngine, user_id: int, active: bool) -> bool:
     Only known users: one who blocked the bot before ever being stored has nothing to mark.
     One statement (every /start runs it): its own transaction.
     """
-    async with single_write(engine) as conn:
-        result = await conn.execute(
-            update(_users)
-            .where(_users.c.id == user_id, _users.c.is_active != active)
-            .values(is_active=active)
-        )
-    return bool(result.rowcount)
+    changed = await one_statement.write(
+        engine,
+        update(_users)
+        .where(_users.c.id == user_id, _users.c.is_active != active)
+        .values(is_active=active),
+        {},
+    )
+    return bool(changed)

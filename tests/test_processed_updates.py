@@ -11,6 +11,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from storage.db import create_engine
+from storage.one_statement import statement_engines
 from storage.processed_updates import ProcessedUpdates
 from storage.settings import DatabaseSettings
 
@@ -19,11 +20,12 @@ def count_writes(engine: AsyncEngine) -> list[int]:
     """INSERT statements into processed_updates (one per write, however many rows)."""
     writes = [0]
 
-    @event.listens_for(engine.sync_engine, "before_cursor_execute")
     def _insert(_c: object, _cur: object, sql: str, *_: object) -> None:
         if sql.startswith("INSERT INTO processed_updates"):
             writes[0] += 1
 
+    for sync_engine in statement_engines(engine):
+        event.listen(sync_engine, "before_cursor_execute", _insert)
     return writes
 
 

@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from storage.one_statement import statement_engines
 from tests.harness import Chat, Stack, running_stack
 
 MENU = ["🆓 Бесплатные модели", "« Назад", "❓ Помощь", "≡ Главное меню"]
@@ -38,11 +39,14 @@ def statements(db: AsyncEngine) -> Iterator[list[str]]:
         if sql.split()[0].upper() not in ("BEGIN", "COMMIT", "ROLLBACK"):
             sent.append(" ".join(sql.split()))
 
-    event.listen(db.sync_engine, "before_cursor_execute", record)
+    engines = statement_engines(db)
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", record)
     try:
         yield sent
     finally:
-        event.remove(db.sync_engine, "before_cursor_execute", record)
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", record)
 
 
 async def test_a_menu_tap_is_one_read_one_move_and_its_record(stack: Stack) -> None:

@@ -14,6 +14,7 @@ from sqlalchemy import event
 from engine.registry import Context
 from flows.payments.referral import referral_code
 from flows.payments.settings import PaymentSettings
+from storage.one_statement import statement_engines
 from tests.harness import Stack, running_stack
 
 NEWCOMERS = 24
@@ -70,8 +71,9 @@ async def test_the_balance_screen_only_reads(stack: Stack) -> None:
             written.append(statement)
 
     providers = stack.engine.registry.data_providers
-    sync_engine = stack.product.services.db.sync_engine
-    event.listen(sync_engine, "before_cursor_execute", record)
+    engines = statement_engines(stack.product.services.db)
+    for sync_engine in engines:
+        event.listen(sync_engine, "before_cursor_execute", record)
     try:
         for user_id, shown in ((901, "10 ₽"), (902, "0 ₽")):  # one known, one never seen
             ctx = Context(
@@ -86,6 +88,7 @@ async def test_the_balance_screen_only_reads(stack: Stack) -> None:
             assert info["balance"] == shown
             await providers["referral_info"](ctx)
     finally:
-        event.remove(sync_engine, "before_cursor_execute", record)
+        for sync_engine in engines:
+            event.remove(sync_engine, "before_cursor_execute", record)
     assert written == []
     assert await stack.product.services.existing_account(902) is None

@@ -32,6 +32,7 @@ from flows.generation.settings import GenerationSettings
 from storage.migrate import migration_problem, upgrade_to_head
 from storage.processed_updates import ProcessedUpdates
 from storage.settings import DatabaseSettings
+from trt import heap
 from trt.app import build_bot
 from trt.flood import FloodLimits
 from trt.observability.logs import configure_logging
@@ -179,6 +180,7 @@ async def serve(
         except TelegramAPIError as exc:
             log.error("Telegram refused to start the bot: %s", exc)
             return 1
+        heap.settle()
         log.info("serving", extra={"host": settings.host, "port": settings.port})
         if on_ready is not None:
             on_ready()
