@@ -2,22 +2,27 @@
 
 Telegram delivers an update again whenever it did not get a 2xx in time (our
 answer was lost, the process died after the work, a second replica got it), so
-the transport records each handled id and skips ids it has seen. The row is
-written after the update was handled, never before: a crash between the two
-means one more delivery (the engine's compare-and-set makes that harmless),
-whereas a row written first would turn a crash into a lost update.
+the transport records each handled id and skips ids it has seen. The record is
+made after the update was handled, never before: a crash between the two means
+one more delivery (the engine's compare-and-set and marks make that harmless),
+whereas a record made first would turn a crash into a lost update.
 
-Records are group-committed: an `add` waits until its id is written, as before,
-but the ids of updates that finish while one write is under way go together in
-the next one (one INSERT of many rows), so under load the record costs a fraction
-of a transaction per update instead of one each.
+The same argument lets the write come later still: records are written behind
+(`record` returns at once; the ids of every update handled within FLUSH_EVERY_S
+go in one INSERT). A process that dies before the write has acknowledged those
+updates, and Telegram does not deliver an acknowledged update again; the one
+that could come back, whose acknowledgement was lost, meets the engine's rules
+exactly as after a crash before an awaited write. Until written, the ids are
+known to this process (`seen` looks at them first), and the service writes them
+when it stops (`close`). Under load the record costs a small fraction of a
+statement per update instead of one each, off the update's path.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime
-from typing import Any
 
 from sqlalchemy import bindparam, delete, select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -30,35 +35,37 @@ from storage.models import ProcessedUpdate, table_of
 _table = table_of(ProcessedUpdate)
 _SEEN = select(_table.c.update_id).where(_table.c.update_id == bindparam("id"))
 
+log = logging.getLogger(__name__)
 
-class _Batch:
-    """Ids waiting for one write, and the future their `add` calls wait on."""
-
-    __slots__ = ("done", "rows")
-
-    def __init__(self) -> None:
-        self.rows: list[dict[str, Any]] = []
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        # A caller that stopped waiting (cancelled) must not leave an unread error.
-        self.done.add_done_callback(lambda f: f.cancelled() or f.exception())
+# How long a handled id waits for its write, at most (a batch per interval).
+FLUSH_EVERY_S = 0.2
+# Ids kept unwritten while the database refuses them; beyond, the oldest are dropped
+# (at worst one more handling of an update whose acknowledgement was lost).
+MAX_PENDING = 100_000
 
 
 class ProcessedUpdates:
     """The `processed_updates` table: insert-if-absent, so racing replicas never fail."""
 
-    def __init__(self, engine: AsyncEngine, states: SqlStateStore | None = None) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        states: SqlStateStore | None = None,
+        flush_every_s: float | None = None,
+    ) -> None:
         """`states`: the conversation store on the same database, whose conversation
-        `seen` then reads in the same statement (see `seen`)."""
-        dialect = engine.dialect.name
+        `seen` then reads in the same statement (see `seen`). `flush_every_s`: the
+        longest a recorded id waits for its write (default FLUSH_EVERY_S)."""
         self._engine = engine
         self._insert = insert_if_absent(
-            dialect,
+            engine.dialect.name,
             _table,
             ["update_id"],
             {"update_id": bindparam("update_id"), "processed_at": bindparam("processed_at")},
         )
-        self._next: _Batch | None = None
-        self._writer: asyncio.Task[None] | None = None
+        self._flush_every_s = FLUSH_EVERY_S if flush_every_s is None else flush_every_s
+        self._pending: dict[int, datetime] = {}
+        self._flusher: asyncio.Task[None] | None = None
         # The conversation store and the statement that reads `seen` beside it.
         self._beside = (states, states.beside(_SEEN.scalar_subquery())) if states else None
 
@@ -66,31 +73,57 @@ class ProcessedUpdates:
         """Whether `update_id` was handled. With the key of the `conversation` the update
         belongs to, that conversation is read in the same statement, for the update's
         first load: the hot path's two reads in one round trip."""
+        if update_id in self._pending:
+            return True
         if conversation is not None and self._beside is not None:
             states, statement = self._beside
             found = await states.read_beside(statement, {"id": update_id}, conversation)
             return found is not None
         return await one_statement.read(self._engine, _SEEN, {"id": update_id}) is not None
 
-    async def add(self, update_id: int) -> None:
-        """Returns once `update_id` is written (raises what the write raised)."""
-        if self._next is None:
-            self._next = _Batch()
-        batch = self._next
-        batch.rows.append({"update_id": update_id, "processed_at": datetime.now(UTC)})
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_batches())
-        await asyncio.shield(batch.done)
+    def record(self, update_id: int) -> None:
+        """Notes `update_id` as handled; it is written within FLUSH_EVERY_S."""
+        self._pending[update_id] = datetime.now(UTC)
+        while len(self._pending) > MAX_PENDING:
+            del self._pending[next(iter(self._pending))]
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_behind())
 
-    async def _write_batches(self) -> None:
-        while self._next is not None:
-            batch, self._next = self._next, None
+    async def _flush_behind(self) -> None:
+        while self._pending:
+            await asyncio.sleep(self._flush_every_s)
             try:
-                await one_statement.write(self._engine, self._insert, batch.rows)
-            except Exception as exc:
-                batch.done.set_exception(exc)
-            else:
-                batch.done.set_result(None)
+                await self.flush()
+            except Exception as exc:  # kept, and tried again next interval
+                log.warning(
+                    "%d handled update ids not recorded yet: %s",
+                    len(self._pending),
+                    type(exc).__name__,
+                )
+
+    async def flush(self) -> None:
+        """Writes every id recorded so far (raises what the write raised; the ids stay
+        known and are tried again)."""
+        if not self._pending:
+            return
+        taken = dict(self._pending)
+        rows = [{"update_id": i, "processed_at": at} for i, at in taken.items()]
+        await one_statement.write(self._engine, self._insert, rows)
+        for update_id in taken:
+            self._pending.pop(update_id, None)
+
+    async def close(self) -> None:
+        """Writes what is pending, as the service stops (its updates are all handled)."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+        try:
+            await self.flush()
+        except Exception as exc:
+            log.warning(
+                "%d handled update ids not recorded at shutdown: %s",
+                len(self._pending),
+                type(exc).__name__,
+            )
 
     async def prune(self, before: datetime) -> int:
         """Forgets ids handled before `before`; Telegram gives up redelivering after a day."""

@@ -44,6 +44,7 @@ from trt.app import build_bot
 from trt.flood import FloodLimits
 from trt.product import Product, background, build_product, product_routes
 from trt.webhook import WEBHOOK_PATH
+from trt.wiring import ServiceRoutes
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-secret_1"
@@ -97,7 +98,9 @@ class Stack:
         *,
         product: Product,
         kie: FakeKie,
+        routes: ServiceRoutes | None = None,
     ):
+        self.routes = routes
         self.api = api
         self.engine = engine
         self.url = url
@@ -113,6 +116,11 @@ class Stack:
 
     def chat(self, chat_id: int, language_code: str = "ru") -> Chat:
         return Chat(self, chat_id, language_code)
+
+    async def write_records(self) -> None:
+        """Writes the handled update ids now (the service writes them behind)."""
+        assert self.routes is not None
+        await self.routes.processor.processed.flush()
 
     @property
     def jobs(self) -> JobStore:
@@ -309,11 +317,11 @@ async def running_stack(
         )
         product.engine.registry.actions.update(actions or {})
         app = web.Application()
-        product_routes(app, product, SECRET)
+        routes = product_routes(app, product, SECRET)
         runner = web.AppRunner(app)
         await runner.setup()
         exits.push_async_callback(runner.cleanup)
         await web.SockSite(runner, sock).start()
         await exits.enter_async_context(background(product))
         http = await exits.enter_async_context(aiohttp.ClientSession())
-        yield Stack(api, product.engine, url, http, product=product, kie=kie)
+        yield Stack(api, product.engine, url, http, product=product, kie=kie, routes=routes)

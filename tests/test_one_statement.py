@@ -138,3 +138,40 @@ async def test_postgresql_and_in_memory_sqlite_take_the_async_engine(
         assert row is not None and row.id == 1
     finally:
         await memory.dispose()
+
+
+async def test_the_loop_never_syncs_and_checkpoints_run_off_it(
+    sqlite_file: tuple[AsyncEngine, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, _ = sqlite_file
+    monkeypatch.setattr(one_statement, "CHECKPOINT_EVERY", 5)
+    loop_side, async_side = one_statement.statement_engines(engine)[::-1]
+    with loop_side.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+    # On the async engine, whose driver calls run in aiosqlite's thread.
+    checkpoints: list[str] = []
+
+    def done(_c: object, _cur: object, sql: str, *_: object) -> None:
+        if "wal_checkpoint" in sql:
+            checkpoints.append(sql)
+
+    event.listen(async_side, "after_cursor_execute", done)
+
+    ids = iter(range(1000))
+
+    async def written(count: int, then: int) -> None:
+        for _ in range(count):
+            await one_statement.write(engine, _ADD, {"id": next(ids)})
+        for _ in range(200):
+            if len(checkpoints) == then:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # and let its task end
+
+    await written(4, 0)
+    assert checkpoints == []
+    await written(1, 1)  # the 5th write
+    await written(5, 2)  # the 10th
+    await written(2, 2)
+    assert len(checkpoints) == 2

@@ -1,4 +1,4 @@
-"""The record of handled update ids: written before `add` returns, group-committed."""
+"""The record of handled update ids: known at once, written behind in batches."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from storage.db import create_engine
+from storage.models import ProcessedUpdate, table_of
 from storage.one_statement import statement_engines
 from storage.processed_updates import ProcessedUpdates
 from storage.settings import DatabaseSettings
+
+_table = table_of(ProcessedUpdate)
 
 
 def count_writes(engine: AsyncEngine) -> list[int]:
@@ -29,38 +32,52 @@ def count_writes(engine: AsyncEngine) -> list[int]:
     return writes
 
 
-async def test_each_add_returns_once_its_id_is_written(db_engine: AsyncEngine) -> None:
-    processed = ProcessedUpdates(db_engine)
+async def test_a_recorded_id_is_seen_at_once_and_written_by_flush(db_engine: AsyncEngine) -> None:
+    processed = ProcessedUpdates(db_engine, flush_every_s=3600)
     assert not await processed.seen(7)
-    await processed.add(7)
+    processed.record(7)
+    assert await processed.seen(7)  # known to this process before it is written
+    assert not await ProcessedUpdates(db_engine).seen(7)
+    await processed.flush()
     assert await ProcessedUpdates(db_engine).seen(7)
-    await processed.add(7)  # a second record of one id is no error
+    processed.record(7)  # a second record of one id is no error
+    await processed.flush()
     assert await processed.seen(7)
 
 
-async def test_updates_finishing_together_share_one_write(db_engine: AsyncEngine) -> None:
-    processed = ProcessedUpdates(db_engine)
+async def test_ids_recorded_within_the_interval_share_one_write(db_engine: AsyncEngine) -> None:
+    processed = ProcessedUpdates(db_engine, flush_every_s=0.05)
     writes = count_writes(db_engine)
     ids = list(range(100, 140))
-    await asyncio.gather(*(processed.add(i) for i in ids))
-    assert writes[0] == 1
-    for i in range(200, 203):  # one at a time: one write each
-        await processed.add(i)
-    assert writes[0] == 4
+    for i in ids:
+        processed.record(i)
     fresh = ProcessedUpdates(db_engine)
-    assert all([await fresh.seen(i) for i in [*ids, 200, 201, 202]])
+    for _ in range(200):  # written behind, without a flush
+        if await fresh.seen(ids[-1]):
+            break
+        await asyncio.sleep(0.01)
+    assert writes[0] == 1
+    assert all([await fresh.seen(i) for i in ids])
+    processed.record(200)
+    await processed.close()  # what the service does as it stops
+    assert writes[0] == 2
+    assert await fresh.seen(200)
 
 
-async def test_a_failed_write_fails_every_add_of_its_batch(tmp_path: Path) -> None:
+async def test_a_failed_write_keeps_the_ids_for_the_next(tmp_path: Path) -> None:
     engine = create_engine(DatabaseSettings(database_url=f"sqlite+aiosqlite:///{tmp_path}/x.db"))
     try:
-        processed = ProcessedUpdates(engine)  # no migration: the table is missing
-        results = await asyncio.gather(
-            *(processed.add(i) for i in range(5)), return_exceptions=True
-        )
-        assert len(results) == 5
-        assert all(isinstance(r, OperationalError) for r in results), results
+        processed = ProcessedUpdates(engine, flush_every_s=3600)  # no table yet
+        for i in range(5):
+            processed.record(i)
         with pytest.raises(OperationalError):
-            await processed.add(9)  # and the next write tries again
+            await processed.flush()
+        assert all([await processed.seen(i) for i in range(5)])  # still known here
+        await processed.close()  # fails too: logged, not raised
+        async with engine.begin() as conn:
+            await conn.run_sync(ProcessedUpdate.metadata.create_all, tables=[_table])
+        await processed.flush()  # and the next write writes them
+        fresh = ProcessedUpdates(engine)
+        assert all([await fresh.seen(i) for i in range(5)])
     finally:
         await engine.dispose()

@@ -61,6 +61,7 @@ async def test_forged_or_missing_secret_gets_401_and_nothing_is_stored(stack: St
     assert not await processed.seen(update["update_id"])
     assert await stack.post(update) == 200
     assert len(stack.api.calls_of("sendMessage")) == 1
+    await stack.write_records()
     assert await processed.seen(update["update_id"])
 
 

@@ -82,12 +82,7 @@ class UpdateProcessor:
             # the same way on every delivery, so it is recorded and acknowledged.
             ERRORS.labels("update_unhandled").inc()
             log.exception("update failed outside every error handler")
-        try:
-            await self.processed.add(update.update_id)
-        except Exception as exc:
-            # Handled all the same; a redelivery, should one come, meets the engine's
-            # compare-and-set instead of this record.
-            log.warning("update handled but its id not recorded: %s", type(exc).__name__)
+        self.processed.record(update.update_id)
         return True
 
     @staticmethod

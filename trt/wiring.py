@@ -136,7 +136,14 @@ def add_service_routes(
     store = engine.store.inner if isinstance(engine.store, CorrelatedStore) else engine.store
     # The update's dedup read also reads its conversation when both live in `db`.
     states = store if isinstance(store, SqlStateStore) and store.db is db else None
-    processor = UpdateProcessor(dispatcher, bot, ProcessedUpdates(db, states), retry_later)
+    processed = ProcessedUpdates(db, states)
+    processor = UpdateProcessor(dispatcher, bot, processed, retry_later)
+
+    async def record_the_rest(_app: web.Application) -> None:
+        # After the listener stopped and its requests finished: every update is handled.
+        await processed.close()
+
+    app.on_cleanup.append(record_the_rest)
     add_telegram_webhook(app, processor, webhook_secret)
     readiness = Readiness(db, lambda: bool(engine.spec.states), prices_loaded)
     add_health_routes(app, readiness)
