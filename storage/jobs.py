@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from storage import one_statement
 from storage.db import insert_if_absent, write_transaction
 from storage.job_states import JOB_FINAL_STATES, JobState
 from storage.models import Job, JobEvent, table_of
@@ -95,8 +96,7 @@ class JobStore:
         return _record(found), made.rowcount == 1
 
     async def get(self, job_id: str) -> JobRecord | None:
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(select(_jobs).where(_jobs.c.id == job_id))).first()
+        row = await one_statement.read(self.engine, select(_jobs).where(_jobs.c.id == job_id))
         return _record(row) if row is not None else None
 
     async def move(
@@ -141,47 +141,43 @@ class JobStore:
 
     async def due(self, states: Iterable[str], limit: int = 100) -> list[JobRecord]:
         """Jobs in `states` whose next check time has come, oldest first."""
-        async with self.engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    select(_jobs)
-                    .where(_jobs.c.state.in_(tuple(states)), _jobs.c.next_check_at <= self.clock())
-                    .order_by(_jobs.c.next_check_at)
-                    .limit(limit)
-                )
-            ).all()
+        rows = await one_statement.read_all(
+            self.engine,
+            select(_jobs)
+            .where(_jobs.c.state.in_(tuple(states)), _jobs.c.next_check_at <= self.clock())
+            .order_by(_jobs.c.next_check_at)
+            .limit(limit),
+        )
         return [_record(r) for r in rows]
 
     async def recent(self, user_id: int, limit: int = 10) -> list[JobRecord]:
-        async with self.engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    select(_jobs)
-                    .where(_jobs.c.user_id == user_id, _jobs.c.state != "rejected")
-                    .order_by(_jobs.c.created_at.desc(), _jobs.c.id.desc())
-                    .limit(limit)
-                )
-            ).all()
+        rows = await one_statement.read_all(
+            self.engine,
+            select(_jobs)
+            .where(_jobs.c.user_id == user_id, _jobs.c.state != "rejected")
+            .order_by(_jobs.c.created_at.desc(), _jobs.c.id.desc())
+            .limit(limit),
+        )
         return [_record(r) for r in rows]
 
     async def count_free_since(self, user_id: int, since: datetime) -> int:
         """Free generations started since `since` (rejected ones do not count)."""
-        async with self.engine.connect() as conn:
-            found = await conn.scalar(
-                select(func.count())
-                .select_from(_jobs)
-                .where(
-                    _jobs.c.user_id == user_id,
-                    _jobs.c.price == 0,
-                    _jobs.c.created_at >= since,
-                    _jobs.c.state != "rejected",
-                )
-            )
-        return int(found or 0)
+        row = await one_statement.read(
+            self.engine,
+            select(func.count())
+            .select_from(_jobs)
+            .where(
+                _jobs.c.user_id == user_id,
+                _jobs.c.price == 0,
+                _jobs.c.created_at >= since,
+                _jobs.c.state != "rejected",
+            ),
+        )
+        return int(row[0] or 0) if row is not None else 0
 
     async def events(self, job_id: str) -> list[str]:
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(
-                select(_events.c.state).where(_events.c.job_id == job_id).order_by(_events.c.id)
-            )
-            return list(rows.scalars())
+        rows = await one_statement.read_all(
+            self.engine,
+            select(_events.c.state).where(_events.c.job_id == job_id).order_by(_events.c.id),
+        )
+        return [str(r.state) for r in rows]

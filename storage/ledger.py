@@ -42,7 +42,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from storage import ledger_functions as functions
-from storage import ledger_plpgsql
+from storage import ledger_plpgsql, one_statement
 from storage.db import SQLITE_BEGIN, sqlite_writer
 from storage.ledger_interpreter import Interpreter
 from storage.ledger_program import NOW, TOTALS, expiry
@@ -435,8 +435,7 @@ class Ledger:
     # ------------------------------------------------------------ reading
 
     async def balance(self, account_id: int) -> Balance:
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(balance_query(account_id))).first()
+        row = await one_statement.read(self.engine, balance_query(account_id))
         if row is None:
             raise UnknownAccount(f"no account {account_id}")
         return Balance(
@@ -445,8 +444,7 @@ class Ledger:
         )
 
     async def get_hold(self, hold_id: str) -> HoldRecord:
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(select(_holds).where(_holds.c.id == hold_id))).first()
+        row = await one_statement.read(self.engine, select(_holds).where(_holds.c.id == hold_id))
         if row is None:
             raise UnknownHold(f"no hold '{hold_id}'")
         return HoldRecord(
@@ -463,8 +461,7 @@ class Ledger:
         self, account_id: int, *, limit: int = 20, before: int | None = None
     ) -> list[StatementLine]:
         """The account's last transfers, newest first; `before` pages by entry id."""
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(statement_query(account_id, limit, before))).all()
+        rows = await one_statement.read_all(self.engine, statement_query(account_id, limit, before))
         return [
             StatementLine(
                 transfer_id=r.id,

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from storage import one_statement
 from storage.db import insert_if_absent, write_transaction
 from storage.models import (
     AdminAudit,
@@ -90,8 +91,7 @@ class PaymentStore:
         return _order(found._mapping)
 
     async def order(self, order_id: str) -> OrderRecord | None:
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(select(_orders).where(_orders.c.id == order_id))).first()
+        row = await one_statement.read(self.engine, select(_orders).where(_orders.c.id == order_id))
         return _order(row._mapping) if row is not None else None
 
     async def record_payment(self, **values: Any) -> tuple[PaymentRecord, bool]:
@@ -113,10 +113,9 @@ class PaymentStore:
         return _payment(found._mapping), made.rowcount == 1
 
     async def payment(self, charge_id: str) -> PaymentRecord | None:
-        async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(select(_payments).where(_payments.c.charge_id == charge_id))
-            ).first()
+        row = await one_statement.read(
+            self.engine, select(_payments).where(_payments.c.charge_id == charge_id)
+        )
         return _payment(row._mapping) if row is not None else None
 
     async def mark_refunded(self, charge_id: str, key: str) -> bool:
@@ -160,8 +159,7 @@ class PaymentStore:
     async def promo_amount(self, code: str) -> int | None:
         """What the code credits, or None when there is no such code or it has expired."""
         now = self.clock()
-        async with self.engine.connect() as conn:
-            promo = (await conn.execute(select(_promos).where(_promos.c.code == code))).first()
+        promo = await one_statement.read(self.engine, select(_promos).where(_promos.c.code == code))
         if promo is None or (_utc(promo.expires_at) or now) < now:
             return None
         return int(promo.amount)
@@ -169,14 +167,12 @@ class PaymentStore:
     async def redeemed_by(self, code: str, user_id: int) -> str | None:
         """The run key that redeemed `code` for this user ("" for an older row), or None
         when the user has not redeemed it."""
-        async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(_redemptions.c.run_key).where(
-                        _redemptions.c.code == code, _redemptions.c.user_id == user_id
-                    )
-                )
-            ).first()
+        row = await one_statement.read(
+            self.engine,
+            select(_redemptions.c.run_key).where(
+                _redemptions.c.code == code, _redemptions.c.user_id == user_id
+            ),
+        )
         return None if row is None else (row.run_key or "")
 
     def promo_claim(

@@ -59,9 +59,10 @@ async def ensure_user(
 async def find_account(engine: AsyncEngine, user_id: int) -> int | None:
     """The user's account id, or None for a user never seen; reads only, so a screen or
     an admin's look-up never creates rows (nor takes SQLite's write lock)."""
-    async with engine.connect() as conn:
-        found = await conn.scalar(select(_accounts.c.id).where(_accounts.c.user_id == user_id))
-    return int(found) if found is not None else None
+    row = await one_statement.read(
+        engine, select(_accounts.c.id).where(_accounts.c.user_id == user_id)
+    )
+    return int(row.id) if row is not None else None
 
 
 async def _user_exists(conn: AsyncConnection, user_id: int) -> bool:
@@ -69,9 +70,10 @@ async def _user_exists(conn: AsyncConnection, user_id: int) -> bool:
 
 
 async def referrer_of(engine: AsyncEngine, user_id: int) -> int | None:
-    async with engine.connect() as conn:
-        found = await conn.scalar(select(_users.c.referrer_id).where(_users.c.id == user_id))
-    return int(found) if found is not None else None
+    row = await one_statement.read(
+        engine, select(_users.c.referrer_id).where(_users.c.id == user_id)
+    )
+    return int(row.referrer_id) if row is not None and row.referrer_id is not None else None
 
 
 async def set_active(engine: AsyncEngine, user_id: int, active: bool) -> bool:

@@ -303,7 +303,11 @@ async def test_kie_failure_releases_the_hold_and_says_so(stack: Stack) -> None:
     assert await available(stack, 10) == RICH
     hold = await stack.product.services.ledger.get_hold(str(job.hold_id))
     assert hold.state == "voided"
-    assert chat.screen().text.startswith("❌ Не получилось")
+
+    async def told() -> bool:  # the poller's step may still be sending the notice
+        return chat.screen().text.startswith("❌ Не получилось")
+
+    await until(told, within_s=5)
     assert RU.texts["job_failed_reason"]["ru"] in chat.screen().text
 
 
@@ -329,7 +333,11 @@ async def test_a_job_that_never_finishes_times_out_and_releases(kie: FakeKie) ->
         job = await final_job(stack, 12)
         assert job.state == "released" and job.error == "timeout"
         assert await available(stack, 12) == RICH
-        assert RU.texts["job_timeout"]["ru"] in chat.screen().text
+
+        async def told() -> bool:  # the notice follows the release, on its own task
+            return RU.texts["job_timeout"]["ru"] in chat.screen().text
+
+        await until(told, within_s=5)
 
 
 # ------------------------------------------------------------------ duplicates and forgeries

@@ -16,4 +16,3 @@ def test_settle_freezes_what_survived_start_up() -> None:
         assert gc.get_count()[0] < 10  # and the collection before it ran
     finally:
         gc.unfreeze()
-
