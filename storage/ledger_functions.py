@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -98,6 +97,8 @@ def _maybe_dropped(exc: Exception) -> bool:
     """Errors a dead connection raises. Not among them: query cancellations (57014), and
     asyncpg's client-side DataError, a bad argument found before anything was sent
     (a ValueError, unlike everything else asyncpg raises)."""
+    import asyncpg  # type: ignore[import-untyped]  # PostgreSQL only: not at SQLite's start
+
     if isinstance(exc, asyncpg.PostgresError):
         state = str(getattr(exc, "sqlstate", "") or "")
         return state[:2] == "08" or state in _SERVER_GOING_AWAY

@@ -75,7 +75,7 @@ def upgrade_to_head(database_url: str | None = None) -> None:
         _on_own_thread(lambda: asyncio.run(_with_engine(url, _install_ledger_functions)))
 
 
-async def _version(connection: AsyncConnection) -> str | None:
+async def read_revision(connection: AsyncConnection) -> str | None:
     """The revision in alembic_version, read without Alembic; None if never migrated."""
     try:
         # A savepoint: on PostgreSQL a failed statement would end the transaction.
@@ -87,7 +87,7 @@ async def _version(connection: AsyncConnection) -> str | None:
 
 
 async def _up_to_date(connection: AsyncConnection) -> bool:
-    if await _version(connection) != HEAD_REVISION:
+    if await read_revision(connection) != HEAD_REVISION:
         return False
     return connection.dialect.name != "postgresql" or (
         await _ledger_functions_problem(connection) is None
@@ -167,7 +167,7 @@ async def migration_problem(database_url: str | None = None) -> str | None:
     Services refuse to start on an old schema rather than fail on the first update.
     """
     url = database_url or DatabaseSettings().database_url
-    current = await _with_engine(url, _version)
+    current = await _with_engine(url, read_revision)
     head = head_revision()
     if current != head:
         at = current or "none"

@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
 
 from engine.loader import load_flow
 from engine.registry import Context
@@ -24,6 +26,7 @@ from flows.registry import build_registry
 from pricing.calculator import NoPrice
 from pricing.catalog import DEFAULT_PATH, Catalog, CatalogError, Model, load_catalog, parse_catalog
 from pricing.money import format_rub, rub, to_kopecks
+from pricing.schema import schema
 from pricing.source import CatalogSource
 from trt.cli import main
 from trt.pricing_menus import menu_kinds
@@ -721,3 +724,10 @@ def test_price_is_never_below_the_nearest_variant(
     assert all(quote.kopecks >= price for price in prices)
     assert quote.kopecks == max(prices)
     assert m.price_kopecks(chosen) == quote.kopecks > 0
+
+
+def test_the_price_file_schema_is_a_valid_json_schema() -> None:
+    # The service trusts it without checking at start-up.
+    Draft202012Validator.check_schema(schema())
+    with pytest.raises(SchemaError):
+        Draft202012Validator.check_schema({"type": "no such type"})

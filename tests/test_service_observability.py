@@ -102,9 +102,9 @@ async def test_metrics_can_require_a_token(tmp_path: Path) -> None:
 
 async def test_every_line_of_an_update_and_a_job_carries_its_ids() -> None:
     async with FakeKie(default=Behaviour(run_s=0.1)) as kie:
-        async with running_stack(kie=kie) as stack:
-            # Polls far apart: the KIE callback, not the poller, finishes the job.
-            stack.product.generation.settings.poll_interval_s = 60
+        # Polls far apart from the start (a pass already waiting would wake within the
+        # harness's 0.2 s): the KIE callback, not the poller, finishes the job.
+        async with running_stack(kie=kie, poll_interval_s=60) as stack:
             await fund(stack, 42, RICH)
             chat = stack.chat(42)
             await order(chat, "text_to_image")
