@@ -26,7 +26,13 @@ async def ensure_user(
     """The user's account id; the user and the account are created on first call.
 
     The referrer is kept only from the first contact and never the user themself.
+    A known user is only read: every /start and every order calls this, and the
+    inserts below change nothing for a user who has an account (one read instead of
+    a write transaction, which on SQLite waits for every other writer).
     """
+    known = await find_account(engine, user_id)
+    if known is not None:
+        return known
     if referrer_id == user_id:
         referrer_id = None
     async with write_transaction(engine) as conn:

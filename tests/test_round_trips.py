@@ -85,3 +85,14 @@ async def test_taps_that_finish_together_share_the_record(stack: Stack) -> None:
     assert sum(s.startswith("UPDATE conversation_state") for s in sent) == taps_made
     assert sum("FROM processed_updates" in s for s in sent) == taps_made
     assert len(records) == 1, (len(records), taps_made)
+
+
+async def test_a_returning_users_start_writes_no_user_or_account(stack: Stack) -> None:
+    chat = stack.chat(701)
+    await chat.send("/start")
+    db = stack.product.services.db
+    with statements(db) as sent:
+        await chat.send("/start")
+    assert not [s for s in sent if s.startswith("INSERT")], sent
+    assert any("FROM accounts" in s for s in sent)  # read, not written
+    assert chat.screen().text  # and the menu is shown as before
