@@ -206,6 +206,10 @@ async def test_a_kie_callback_during_a_database_outage_gets_503_and_one_warning(
             caplog.clear()
             async with stack.http.post(stack.url + path, json=body) as resp:
                 assert resp.status == 503, await resp.text()
+            # A step of the job meets the outage too (whether or not the poller's does).
+            await stack.product.services.generation.advance(job.id)
+            stepped = [(r.levelno, r.exc_info) for r in caplog.records if job.id in r.getMessage()]
+            assert stepped and set(stepped) == {(logging.WARNING, None)}, stepped
             ours = [r for r in caplog.records if r.name == CALLBACK_LOGGER]
             assert [(r.levelno, r.exc_info) for r in ours] == [(logging.WARNING, None)], [
                 r.getMessage() for r in ours

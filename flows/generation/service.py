@@ -189,8 +189,15 @@ class GenerationService:
         with self.hooks.step(job_id):
             try:
                 await self._advance(job_id)
-            except Exception:
-                log.exception("job %s: step failed; the poller will retry", job_id)
+            except Exception as exc:
+                if not is_unavailable(exc):
+                    log.exception("job %s: step failed; the poller will retry", job_id)
+                else:  # as for a pass: an outage is one line, not a traceback
+                    log.warning(
+                        "job %s: step skipped, database unavailable (%s); the poller will retry",
+                        job_id,
+                        type(exc).__name__,
+                    )
 
     async def _advance(self, job_id: str) -> None:
         job = await self.jobs.get(job_id)
