@@ -1,8 +1,9 @@
 """Fixtures shared across the suite.
 
 Database fixtures run each test on SQLite and on PostgreSQL, every test on a
-database of its own: a file under tmp_path, or a freshly created PostgreSQL
-database dropped afterwards. Without PostgreSQL the PostgreSQL half is
+database of its own: a file under tmp_path, or a PostgreSQL database that no other
+test uses meanwhile, made from a migrated template or put back as migrated after an
+earlier test (tests/pg_databases.py). Without PostgreSQL the PostgreSQL half is
 skipped locally but fails in CI, where a silent skip would hide a whole
 backend.
 """
@@ -28,6 +29,7 @@ from storage.db import create_engine
 from storage.migrate import upgrade_to_head
 from storage.settings import DatabaseSettings
 from tests.harness import migrated_sqlite
+from tests.pg_databases import PostgresDatabases
 
 _T = TypeVar("_T")
 
@@ -148,14 +150,31 @@ def postgres_template(postgres_admin_url: URL) -> Iterator[str]:
     next(gen, None)
 
 
+@pytest.fixture(scope="session")
+def postgres_databases(
+    postgres_admin_url: URL, postgres_template: str
+) -> Iterator[PostgresDatabases]:
+    """This test process's migrated PostgreSQL databases, put back for reuse after each
+    test (tests/pg_databases.py), dropped at the end."""
+    dsn = postgres_admin_url.set(drivername="postgresql").render_as_string(hide_password=False)
+    databases = PostgresDatabases(dsn, postgres_template)
+    yield databases
+    run_on_own_loop(databases.drop_all)
+
+
 @pytest.fixture(params=DATABASES)
 def migrated_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A database of its own for this test, at the latest migration."""
     if request.param == "sqlite":
         yield migrated_sqlite(tmp_path / "bot.db")
         return
-    admin = request.getfixturevalue("postgres_admin_url")
-    yield from _fresh_postgres_url(admin, request.getfixturevalue("postgres_template"))
+    admin: URL = request.getfixturevalue("postgres_admin_url")
+    databases: PostgresDatabases = request.getfixturevalue("postgres_databases")
+    name = run_on_own_loop(lambda: databases.take(f"trt_test_{uuid.uuid4().hex[:16]}"))
+    try:
+        yield admin.set(database=name).render_as_string(hide_password=False)
+    finally:
+        run_on_own_loop(lambda: databases.give_back(name))
 
 
 @pytest.fixture
