@@ -8,6 +8,7 @@ taker gets.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,6 +29,11 @@ async def databases(
         yield made
     finally:
         await made.drop_all()
+
+
+def unique(stem: str) -> str:
+    """Workers run these tests at once on one server: names must not meet."""
+    return f"trt_test_{stem}_{uuid.uuid4().hex[:12]}"
 
 
 def dsn_of(databases: PostgresDatabases, name: str) -> str:
@@ -68,7 +74,7 @@ async def contents(databases: PostgresDatabases, name: str) -> dict[str, Any]:
 async def test_a_database_comes_back_with_the_migrations_rows_only(
     databases: PostgresDatabases,
 ) -> None:
-    name = await databases.take("trt_test_reuse_a")
+    name = await databases.take(unique("reuse_a"))
     migrated = await contents(databases, name)
     assert migrated["accounts"] and migrated["revision"] and not migrated["users"]
     await run(
@@ -84,7 +90,7 @@ async def test_a_database_comes_back_with_the_migrations_rows_only(
     await leftover.execute("BEGIN; LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
 
     await databases.give_back(name)
-    assert await databases.take("trt_test_reuse_b") == name
+    assert await databases.take(unique("reuse_b")) == name
     again = await contents(databases, name)
     assert again == migrated
     with pytest.raises((asyncpg.PostgresError, OSError, asyncpg.InterfaceError)):
@@ -103,17 +109,18 @@ async def test_a_database_comes_back_with_the_migrations_rows_only(
 async def test_a_database_changed_beyond_its_rows_is_dropped(
     databases: PostgresDatabases, change: str
 ) -> None:
-    name = await databases.take("trt_test_changed")
+    name = await databases.take(unique("changed"))
     await run(databases, name, change)
     await databases.give_back(name)
     assert not await exists(databases, name)
-    assert await databases.take("trt_test_fresh") == "trt_test_fresh"
+    fresh = unique("fresh")
+    assert await databases.take(fresh) == fresh
 
 
 async def test_a_database_with_connections_switched_off_is_dropped(
     databases: PostgresDatabases,
 ) -> None:
-    name = await databases.take("trt_test_closed")
+    name = await databases.take(unique("closed"))
     await databases._admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
     await databases.give_back(name)
     assert not await exists(databases, name)
