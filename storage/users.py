@@ -86,8 +86,16 @@ async def set_active(engine: AsyncEngine, user_id: int, active: bool) -> bool:
     """Marks whether the bot can reach the user (False: they blocked it); True if it changed.
 
     Only known users: one who blocked the bot before ever being stored has nothing to mark.
-    One statement (every /start runs it): its own transaction.
+    Every /start calls this for a user who nearly always is active already, so the mark
+    is read first and written only when it changes: a read, not a write that changes
+    nothing (on SQLite that would wait for every other writer). The write still checks
+    the mark, so two calls racing change it once.
     """
+    now = await one_statement.read(
+        engine, select(_users.c.is_active).where(_users.c.id == user_id)
+    )
+    if now is None or bool(now.is_active) == active:
+        return False
     changed = await one_statement.write(
         engine,
         update(_users)

@@ -93,6 +93,10 @@ async def test_a_returning_users_start_writes_no_user_or_account(stack: Stack) -
     db = stack.product.services.db
     with statements(db) as sent:
         await chat.send("/start")
-    assert not [s for s in sent if s.startswith("INSERT")], sent
-    assert any("FROM accounts" in s for s in sent)  # read, not written
+    writes = [s for s in sent if s.split()[0] in ("INSERT", "UPDATE", "DELETE")]
+    # The move to the main menu and the note of the message that shows it; the user,
+    # the account and the user's "active" mark are read, not written.
+    assert [w.split()[:2] for w in writes] == [["UPDATE", "conversation_state"]] * 2, writes
+    assert any("FROM accounts" in s for s in sent)
+    assert any(s.startswith("SELECT users.is_active") for s in sent), sent
     assert chat.screen().text  # and the menu is shown as before
