@@ -14,11 +14,11 @@ from aiogram.client.session.middlewares.base import (
 )
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.enums import ParseMode
-from aiogram.fsm.storage.memory import SimpleEventIsolation
 from aiogram.methods.base import Response, TelegramMethod
 
 from engine.runtime import FlowEngine
 from engine.telegram import RetryLater, install
+from trt.per_chat import ChatLocks, NoFsmStorage
 
 
 class KeepResponseTypes(BaseRequestMiddleware):
@@ -52,8 +52,8 @@ def build_dispatcher(
     """`routers` (payments, admin) come before the engine's, whose message handler takes
     everything; the engine's answer and error middlewares cover them all the same."""
     # One update at a time per chat within a process; the store's
-    # compare-and-set keeps several processes correct.
-    dispatcher = Dispatcher(events_isolation=SimpleEventIsolation())
+    # compare-and-set keeps several processes correct. Nothing kept for idle chats.
+    dispatcher = Dispatcher(storage=NoFsmStorage(), events_isolation=ChatLocks())
     dispatcher.include_routers(*routers)
     if retry_later is None:
         install(dispatcher, engine)
