@@ -117,12 +117,37 @@ async def test_taps_beyond_the_in_flight_cap_are_dropped_without_waiting(tmp_pat
         assert len(early) == 4
 
 
+def take(control: FloodControl, user_id: int) -> None:
+    """One update of `user_id` let through, as the middleware does."""
+    control._bucket(user_id).tokens -= 1
+
+
 async def test_the_buckets_are_bounded(tmp_path: Path) -> None:
     async with running_stack(flow_path=mini_flow(tmp_path)) as stack:
-        control = FloodControl(stack.engine, FloodLimits(users=3))
+        control = FloodControl(stack.engine, FloodLimits(users=3), clock=Clock())
         for user_id in range(1, 6):
-            control._bucket(user_id)
+            take(control, user_id)
         assert list(control._buckets) == [3, 4, 5]
-        control._bucket(3)
-        control._bucket(6)
+        take(control, 3)
+        take(control, 6)
         assert list(control._buckets) == [5, 3, 6]
+
+
+async def test_buckets_full_again_are_forgotten(tmp_path: Path) -> None:
+    async with running_stack(flow_path=mini_flow(tmp_path)) as stack:
+        clock = Clock()
+        limits = FloodLimits(rate=2, burst=4)
+        control = FloodControl(stack.engine, limits, clock=clock)
+        for user_id in range(1, 1001):
+            take(control, user_id)
+        control._buckets[2].in_flight = 1  # an update of user 2 still runs
+        clock.now += 0.49  # not full yet: 3 + 0.98 tokens
+        take(control, 1001)
+        assert len(control._buckets) == 1001
+        clock.now += 0.01  # now every bucket taken from at the start is full again
+        take(control, 1002)
+        # User 1's went; user 2's stays while its update runs, and keeps those behind it.
+        assert list(control._buckets)[:2] == [2, 3] and len(control._buckets) == 1001
+        control._buckets[2].in_flight = 0
+        take(control, 1003)
+        assert list(control._buckets) == [1001, 1002, 1003]

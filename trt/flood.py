@@ -106,6 +106,7 @@ class FloodControl(BaseMiddleware):
         now = self.clock()
         bucket = self._buckets.get(user_id)
         if bucket is None:
+            self._forget_idle(now)
             bucket = self._buckets[user_id] = _Bucket(float(self.limits.burst), now)
             while len(self._buckets) > self.limits.users:
                 self._buckets.popitem(last=False)
@@ -115,6 +116,19 @@ class FloodControl(BaseMiddleware):
             bucket.tokens = min(float(self.limits.burst), bucket.tokens + refill)
             bucket.stamp = now
         return bucket
+
+    def _forget_idle(self, now: float) -> None:
+        """Drops the least recently seen buckets that hold nothing: full again, with no
+        update in flight, so a new one would be the same. What is kept is the users of
+        the last `burst / rate` seconds, not every user since the start (the soak in
+        bench/soak.py saw the buckets grow with every new user up to `users`)."""
+        limits = self.limits
+        while self._buckets:
+            oldest = next(iter(self._buckets.values()))
+            refilled = oldest.tokens + (now - oldest.stamp) * limits.rate
+            if oldest.in_flight or refilled < limits.burst:
+                return
+            self._buckets.popitem(last=False)
 
     async def _notice(self, update: Update, bot: Bot, user: User, first: bool) -> None:
         text = self.engine.renderer.system("busy", self.engine.locale_of(user)) if first else None
