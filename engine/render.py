@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import logging
 import string
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -33,7 +34,9 @@ class MissingText(LookupError):
 
 
 log = logging.getLogger(__name__)
-_STATIC_CACHE_SIZE = 4096
+# Screens without values, kept per (state, locale, counter): each is some 14 KB of
+# pydantic buttons (bench/soak.py), so the least recently used go beyond this many.
+STATIC_CACHE_SIZE = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +85,7 @@ class Renderer:
         self._templates: dict[tuple[str, str], _Template] = {}
         # Screens with neither placeholders nor options depend only on the
         # counter; counters are small numbers shared by many conversations.
-        self._static: dict[tuple[str, str, int], Screen] = {}
+        self._static: OrderedDict[tuple[str, str, int], Screen] = OrderedDict()
         for name, st in self.spec.states.items():
             for locale in self.spec.locales:
                 rows = [[(b.text, b.id) for b in row] for row in st.buttons]
@@ -154,6 +157,7 @@ class Renderer:
         if static:
             cached = self._static.get((state, locale, counter))
             if cached is not None:
+                self._static.move_to_end((state, locale, counter))
                 return cached
         text = tpl.text
         ctx = None if static else context()
@@ -189,7 +193,7 @@ class Renderer:
             keyboard.append([b.model_copy(update={"callback_data": pre + bid}) for b, bid in row])
         screen = Screen(text, InlineKeyboardMarkup(inline_keyboard=keyboard) if keyboard else None)
         if static:
-            if len(self._static) >= _STATIC_CACHE_SIZE:
-                self._static.pop(next(iter(self._static)))
             self._static[state, locale, counter] = screen
+            if len(self._static) > STATIC_CACHE_SIZE:
+                self._static.popitem(last=False)
         return screen
