@@ -91,9 +91,7 @@ async def set_active(engine: AsyncEngine, user_id: int, active: bool) -> bool:
     nothing (on SQLite that would wait for every other writer). The write still checks
     the mark, so two calls racing change it once.
     """
-    now = await one_statement.read(
-        engine, select(_users.c.is_active).where(_users.c.id == user_id)
-    )
+    now = await one_statement.read(engine, select(_users.c.is_active).where(_users.c.id == user_id))
     if now is None or bool(now.is_active) == active:
         return False
     changed = await one_statement.write(

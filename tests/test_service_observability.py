@@ -22,7 +22,7 @@ from storage.db import create_engine
 from storage.settings import DatabaseSettings
 from tests.harness import SECRET, Stack, running_stack
 from tests.service_support import captured_logs, mini_flow, sample
-from tests.test_generation_e2e import RICH, final_job, fund, order
+from tests.test_generation_e2e import RICH, final_job, fund, order, until
 from trt.observability.context import scope
 from trt.observability.endpoint import add_metrics_route
 from trt.observability.logs import REDACTED, configure_logging
@@ -111,6 +111,12 @@ async def test_every_line_of_an_update_and_a_job_carries_its_ids() -> None:
             with captured_logs() as logs:
                 await chat.tap("✅ Создать")
                 job = await final_job(stack, 42)
+
+                # The callback's request logs its line after the job it finished is final.
+                async def callback_logged() -> bool:
+                    return any(x["event"] == "KIE callback accepted" for x in logs.lines())
+
+                await until(callback_logged)
     assert job.state == "charged"
     lines = logs.lines()
     [tap] = [x for x in lines if x["event"].startswith("update ")]
