@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint bench bench-ledger bench-service faults
+.PHONY: run test lint bench bench-ledger bench-service bench-soak faults
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,15 @@ bench-ledger: $(STAMP)
 # --help` for --quick, --only, --rounds and --profile.
 bench-service: $(STAMP)
 	$(BIN)/python -m bench.service_bench
+
+# Issue 14: `trt serve`'s memory under a steady load of new and returning users: RSS
+# sampled every 10 s, peak, after warm-up, at the end, and the growth per 10 minutes over
+# the second half. SOAK_STORE: sqlite (default), memory or postgresql (TEST_DATABASE_URL);
+# SOAK_MINUTES (default 10). `python -m bench.soak --help` for the knobs.
+SOAK_STORE ?= sqlite
+SOAK_MINUTES ?= 10
+bench-soak: $(STAMP)
+	$(BIN)/python -m bench.soak --minutes $(SOAK_MINUTES) --store $(SOAK_STORE)
 
 # The fault campaign (issue 11): every effect point x fault through a real `trt serve`
 # (kill -9, database dropped or refusing, Telegram 5xx/cut/timeout/429, KIE cut/timeout)
