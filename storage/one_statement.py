@@ -24,12 +24,15 @@ through a synchronous one). The loop is blocked only briefly:
   writes one runs on the async engine's thread, which syncs the WAL and the file.
   A blocking fsync on the loop was a tenth of the loop's time under load (py-spy).
   Why the weaker commit is enough here: what is written this way (conversation moves,
-  handled update ids, the active flag) is what a redelivered update rebuilds, and the
-  WAL is one sequence, so the ledger's own commits (FULL, on the async engine) sync
-  every earlier move with them: a power cut never keeps a charge and loses the move
-  that claimed it.
+  handled update ids, the active flag, a first contact's user and account) is what a
+  redelivered update or the next /start rebuilds, and the WAL is one sequence, so the
+  ledger's own commits (FULL, on the async engine) sync every earlier write with them:
+  a power cut never keeps a charge and loses the move that claimed it, nor the account
+  it was charged to.
 
-Multi-statement transactions (the ledger, first contact) stay on the async engine.
+Writes of several statements without a read between them (a first contact's user and
+account, `write_each`) run the same way, in one transaction. Transactions that read
+and decide inside (the ledger) stay on the async engine, with full-sync commits.
 An in-memory SQLite database has one shared connection and no second way in, so it
 takes the async path too.
 """
@@ -41,10 +44,10 @@ import logging
 import sqlite3
 import time
 import weakref
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
-from sqlalchemy import Engine, Row, event, text
+from sqlalchemy import Connection, Engine, Row, event, text
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import OperationalError
@@ -67,6 +70,7 @@ from storage.db import (
 log = logging.getLogger(__name__)
 
 Params = Mapping[str, Any]
+_T = TypeVar("_T")
 
 # How long one attempt may block the event loop on another process's SQLite lock.
 LOOP_BUSY_MS = 20
@@ -156,16 +160,17 @@ def _busy(exc: OperationalError) -> bool:
     return code is not None and code & 0xFF in _SQLITE_BUSY_CODES
 
 
-async def _patiently(engine: Engine, statement: Executable, params: Any, rows: bool) -> Any:
-    """Runs the statement, waiting for another process's lock between attempts (on the
-    loop, not in SQLite's busy handler, which would hold the loop)."""
+async def _patiently(engine: Engine, work: Callable[[Connection], _T]) -> _T:
+    """Runs `work` in one transaction and commits, waiting for another process's lock
+    between attempts (on the loop, not in SQLite's busy handler, which would hold the
+    loop). A lock met halfway rolls the attempt back whole, so `work` is run again from
+    the start."""
     deadline = time.monotonic() + PATIENCE_S
     pause = 0.005
     while True:
         try:
             with engine.connect() as conn:
-                result = conn.execute(statement, params)
-                found = result.all() if rows else result.rowcount
+                found = work(conn)
                 conn.commit()
             return found
         except OperationalError as exc:
@@ -183,8 +188,9 @@ async def read_all(
     screen of a few reads took 130 to 200 ms that way while menu taps took 20."""
     companion = _companion(engine)
     if companion is not None:
-        found: list[Row[Any]] = await _patiently(companion.single, statement, params or {}, True)
-        return found
+        return await _patiently(
+            companion.single, lambda conn: list(conn.execute(statement, params or {}).all())
+        )
     async with single_read(engine).connect() as conn:
         return list((await conn.execute(statement, params or {})).all())
 
@@ -207,7 +213,9 @@ async def write(
     if companion is not None:
         async with sqlite_writer(engine):
             on = companion.batch if many else companion.single
-            changed = int(await _patiently(on, statement, params, False))
+            changed = await _patiently(
+                on, lambda conn: int(conn.execute(statement, params).rowcount)
+            )
         companion.wrote(engine)
         return changed
     if many:
@@ -217,3 +225,23 @@ async def write(
         result = await conn.execute(statement, params)
         await conn.commit()
     return int(result.rowcount or 0)
+
+
+async def write_each(engine: AsyncEngine, steps: Sequence[tuple[Executable, Params]]) -> None:
+    """Runs several writes in one transaction: all of them or none. For a few short
+    statements that need no read in between (a first contact's user and account), on
+    SQLite on the loop like a single write, with the same writer queue and patience."""
+    companion = _companion(engine)
+    if companion is not None:
+
+        def run(conn: Connection) -> None:
+            for statement, params in steps:
+                conn.execute(statement, params)
+
+        async with sqlite_writer(engine):
+            await _patiently(companion.batch, run)
+        companion.wrote(engine)
+        return
+    async with write_transaction(engine) as conn:
+        for statement, params in steps:
+            await conn.execute(statement, params)

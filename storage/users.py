@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from storage import one_statement
-from storage.db import insert_if_absent, write_transaction
+from storage.db import insert_if_absent
 from storage.models import Account, User, table_of
 
 _users = table_of(User)
@@ -33,33 +33,40 @@ async def ensure_user(
     known = await find_account(engine, user_id)
     if known is not None:
         return known
-    if referrer_id == user_id:
+    # Users are never deleted, so a referrer found now is there when the rows are written.
+    if referrer_id == user_id or (
+        referrer_id is not None and await _find_user(engine, referrer_id) is None
+    ):
         referrer_id = None
-    async with write_transaction(engine) as conn:
-        dialect = conn.dialect.name
-        if referrer_id is not None and not await _user_exists(conn, referrer_id):
-            referrer_id = None
-        user = dict(
-            id=user_id,
-            username=username,
-            language=language,
-            created_at=datetime.now(UTC),
-            referrer_id=referrer_id,
-            is_active=True,
-        )
-        await conn.execute(insert_if_absent(dialect, _users, ["id"], user))
-        account = dict(
-            user_id=user_id,
-            allow_negative=False,
-            debits_pending=0,
-            debits_posted=0,
-            credits_pending=0,
-            credits_posted=0,
-        )
-        await conn.execute(insert_if_absent(dialect, _accounts, ["user_id"], account))
-        found = await conn.scalar(select(_accounts.c.id).where(_accounts.c.user_id == user_id))
+    dialect = engine.dialect.name
+    user = dict(
+        id=user_id,
+        username=username,
+        language=language,
+        created_at=datetime.now(UTC),
+        referrer_id=referrer_id,
+        is_active=True,
+    )
+    account = dict(
+        user_id=user_id,
+        allow_negative=False,
+        debits_pending=0,
+        debits_posted=0,
+        credits_pending=0,
+        credits_posted=0,
+    )
+    # One transaction (on SQLite on the loop: through aiosqlite's thread it was most of
+    # a first /start's CPU), then the account's id, whoever inserted it.
+    await one_statement.write_each(
+        engine,
+        [
+            (insert_if_absent(dialect, _users, ["id"], user), {}),
+            (insert_if_absent(dialect, _accounts, ["user_id"], account), {}),
+        ],
+    )
+    found = await find_account(engine, user_id)
     assert found is not None
-    return int(found)
+    return found
 
 
 async def find_account(engine: AsyncEngine, user_id: int) -> int | None:
@@ -71,8 +78,9 @@ async def find_account(engine: AsyncEngine, user_id: int) -> int | None:
     return int(row.id) if row is not None else None
 
 
-async def _user_exists(conn: AsyncConnection, user_id: int) -> bool:
-    return await conn.scalar(select(_users.c.id).where(_users.c.id == user_id)) is not None
+async def _find_user(engine: AsyncEngine, user_id: int) -> int | None:
+    row = await one_statement.read(engine, select(_users.c.id).where(_users.c.id == user_id))
+    return int(row.id) if row is not None else None
 
 
 async def referrer_of(engine: AsyncEngine, user_id: int) -> int | None:

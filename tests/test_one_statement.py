@@ -76,6 +76,35 @@ async def test_a_list_of_rows_is_one_transaction(sqlite_file: tuple[AsyncEngine,
         assert (await conn.execute(_ALL)).scalars().all() == [1, 2]
 
 
+async def test_several_writes_are_one_transaction_on_the_loop(
+    sqlite_file: tuple[AsyncEngine, Path],
+) -> None:
+    engine, path = sqlite_file
+    threads: list[str] = []
+    engines = one_statement.statement_engines(engine)
+
+    def seen(*_: object) -> None:
+        threads.append(threading.current_thread().name)
+
+    for sync_engine in engines:
+        event.listen(sync_engine, "before_cursor_execute", seen)
+    await one_statement.write_each(engine, [(_ADD, {"id": 1}), (_ADD, {"id": 2})])
+    assert len(threads) >= 2 and set(threads) == {threading.current_thread().name}  # + BEGIN
+    with pytest.raises(IntegrityError):  # 3 is new, 2 is not: neither is written
+        await one_statement.write_each(engine, [(_ADD, {"id": 3}), (_ADD, {"id": 2})])
+    # Another process waits for the second statement: the first is not there before it.
+    taken = threading.Event()
+    holder = threading.Thread(target=_hold_write_lock, args=(path, 0.3, taken))
+    holder.start()
+    await asyncio.to_thread(taken.wait)
+    try:
+        await one_statement.write_each(engine, [(_ADD, {"id": 4}), (_ADD, {"id": 5})])
+    finally:
+        await asyncio.to_thread(holder.join)
+    async with engine.connect() as conn:
+        assert (await conn.execute(_ALL)).scalars().all() == [1, 2, 4, 5]
+
+
 async def test_a_write_waits_for_another_process_without_holding_the_loop(
     sqlite_file: tuple[AsyncEngine, Path],
 ) -> None:
