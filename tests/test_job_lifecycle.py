@@ -14,6 +14,7 @@ from sqlalchemy import text
 
 import flows.generation.service as service_module
 from flows.generation.lifecycle import LIFECYCLE, JobState
+from storage.db import write_transaction
 from storage.jobs import JobRecord
 from storage.models import JOB_STATES
 from tests.harness import ROOT, Stack
@@ -103,8 +104,10 @@ def test_trt_jobs_graph_draws_the_table() -> None:
 
 
 async def pass_time(stack: Stack, seconds: float) -> None:
-    """As if `seconds` passed for every job's next check (grace, leases)."""
-    async with stack.product.services.db.begin() as conn:
+    """As if `seconds` passed for every job's next check (grace, leases). A read, then
+    writes: on SQLite that needs the write lock from the start (BEGIN IMMEDIATE, in the
+    process's writer queue), or a write of the service in between fails the upgrade."""
+    async with write_transaction(stack.product.services.db) as conn:
         rows = (await conn.execute(text("SELECT id, next_check_at FROM jobs"))).all()
         for job_id, at in rows:
             moment = at if isinstance(at, datetime) else datetime.fromisoformat(at)

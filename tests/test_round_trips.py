@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from storage import processed_updates
+from storage.ledger import Ledger
 from storage.one_statement import statement_engines
 from tests.harness import Chat, Stack, running_stack
 
@@ -30,8 +32,19 @@ async def stack(
     # Handled ids wait for `write_records`, not for a timer that could fire mid-tap.
     monkeypatch.setattr(processed_updates, "FLUSH_EVERY_S", 3600)
     # The job poller and hold sweeper would query between taps: after their first pass
-    # at start-up, they wait an hour.
+    # at start-up, which the taps wait for, they wait an hour.
+    first_pass = asyncio.Event()
+    sweep = Ledger.expire_due
+
+    async def expire_due(self: Ledger, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await sweep(self, *args, **kwargs)
+        finally:
+            first_pass.set()  # the last step of a pass
+
+    monkeypatch.setattr(Ledger, "expire_due", expire_due)
     async with running_stack(db_url=migrated_database_url, poll_interval_s=3600) as s:
+        await asyncio.wait_for(first_pass.wait(), 10)
         yield s
 
 
