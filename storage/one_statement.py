@@ -227,21 +227,30 @@ async def write(
     return int(result.rowcount or 0)
 
 
-async def write_each(engine: AsyncEngine, steps: Sequence[tuple[Executable, Params]]) -> None:
-    """Runs several writes in one transaction: all of them or none. For a few short
-    statements that need no read in between (a first contact's user and account), on
-    SQLite on the loop like a single write, with the same writer queue and patience."""
+async def write_each(
+    engine: AsyncEngine, steps: Sequence[tuple[Executable, Params]]
+) -> list[Row[Any]]:
+    """Runs several writes in one transaction: all of them or none; the rows the last
+    one returns (an INSERT ... RETURNING). For a few short statements that need no read
+    in between (a first contact's user and account), on SQLite on the loop like a
+    single write, with the same writer queue and patience."""
     companion = _companion(engine)
     if companion is not None:
 
-        def run(conn: Connection) -> None:
-            for statement, params in steps:
+        def run(conn: Connection) -> list[Row[Any]]:
+            for statement, params in steps[:-1]:
                 conn.execute(statement, params)
+            last, params = steps[-1]
+            result = conn.execute(last, params)
+            return list(result.all()) if result.returns_rows else []
 
         async with sqlite_writer(engine):
-            await _patiently(companion.batch, run)
+            found = await _patiently(companion.batch, run)
         companion.wrote(engine)
-        return
+        return found
     async with write_transaction(engine) as conn:
-        for statement, params in steps:
+        for statement, params in steps[:-1]:
             await conn.execute(statement, params)
+        last, params = steps[-1]
+        result = await conn.execute(last, params)
+        return list(result.all()) if result.returns_rows else []

@@ -56,15 +56,21 @@ async def ensure_user(
         credits_posted=0,
     )
     # One transaction (on SQLite on the loop: through aiosqlite's thread it was most of
-    # a first /start's CPU), then the account's id, whoever inserted it.
-    await one_statement.write_each(
+    # a first /start's CPU). The account's id comes back if this call made it, else it
+    # is read (a second /start of the same user got there first).
+    made = await one_statement.write_each(
         engine,
         [
             (insert_if_absent(dialect, _users, ["id"], user), {}),
-            (insert_if_absent(dialect, _accounts, ["user_id"], account), {}),
+            (
+                insert_if_absent(dialect, _accounts, ["user_id"], account).returning(
+                    _accounts.c.id
+                ),
+                {},
+            ),
         ],
     )
-    found = await find_account(engine, user_id)
+    found = int(made[0].id) if made else await find_account(engine, user_id)
     assert found is not None
     return found
 

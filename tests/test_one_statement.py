@@ -103,6 +103,11 @@ async def test_several_writes_are_one_transaction_on_the_loop(
         await asyncio.to_thread(holder.join)
     async with engine.connect() as conn:
         assert (await conn.execute(_ALL)).scalars().all() == [1, 2, 4, 5]
+    # The last statement's rows come back (INSERT ... RETURNING).
+    made = await one_statement.write_each(
+        engine, [(_ADD, {"id": 6}), (_ADD.returning(_items.c.id), {"id": 9})]
+    )
+    assert [row.id for row in made] == [9]
 
 
 async def test_a_write_waits_for_another_process_without_holding_the_loop(

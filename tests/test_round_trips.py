@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from storage import processed_updates
 from storage.ledger import Ledger
 from storage.one_statement import statement_engines
+from storage.users import find_account
 from tests.harness import Chat, Stack, running_stack
 
 MENU = ["🆓 Бесплатные модели", "« Назад", "❓ Помощь", "≡ Главное меню"]
@@ -98,6 +99,17 @@ async def test_taps_that_finish_together_share_the_record(stack: Stack) -> None:
     assert sum(s.startswith("UPDATE conversation_state") for s in sent) == taps_made
     assert sum("FROM processed_updates" in s for s in sent) == taps_made
     assert len(records) == 1, (len(records), taps_made)
+
+
+async def test_a_first_start_writes_the_user_and_account_in_one_transaction(stack: Stack) -> None:
+    db = stack.product.services.db
+    with statements(db) as sent:
+        await stack.chat(702).send("/start")
+    made = [s for s in sent if "accounts" in s or s.startswith("INSERT INTO users")]
+    # Is there an account? Then the user and the account, the id coming back: not read.
+    assert [s.split()[0] for s in made] == ["SELECT", "INSERT", "INSERT"], made
+    assert "RETURNING" in made[-1], made[-1]
+    assert await find_account(db, 702) is not None
 
 
 async def test_a_returning_users_start_writes_no_user_or_account(stack: Stack) -> None:
