@@ -1685,6 +1685,18 @@ def parse_args(argv: list[str] | None = None) -> Options:
     return opts
 
 
+async def release(pg: Postgres | None, workdir: Path, *, keep: bool) -> None:
+    """After a run: the databases it made are dropped and PostgreSQL is closed; where
+    the logs are is printed when they are kept (a failure, or --keep-logs)."""
+    if pg is not None:
+        for name in list(pg.made):
+            with contextlib.suppress(Exception):
+                await pg.drop(name)
+        await pg.close()
+    if keep:
+        print(f"logs kept in {workdir}", file=sys.stderr)
+
+
 async def main(opts: Options, pg_holder: list[Postgres]) -> int:
     started = time.perf_counter()
     # SIGTERM and SIGHUP stop the run as Ctrl-C does: every `finally` below runs, so the
@@ -1729,13 +1741,7 @@ async def main(opts: Options, pg_holder: list[Postgres]) -> int:
         failed = True
         raise
     finally:
-        if pg is not None:
-            for name in list(pg.made):
-                with contextlib.suppress(Exception):
-                    await pg.drop(name)
-            await pg.close()
-        if failed or opts.keep_logs:
-            print(f"logs kept in {workdir}", file=sys.stderr)
+        await release(pg, workdir, keep=failed or opts.keep_logs)
 
     missing = {"postgresql": f"not available ({pg_down})"} if pg_down is not None else {}
     report = Report(opts, results, missing)

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import contextlib
 import os
 import random
 import shutil
@@ -66,6 +65,7 @@ from bench.service_bench import (
     free_port,
     last_resort,
     postgres_reason,
+    release,
     run_command,
     spawn,
     stop,
@@ -419,14 +419,8 @@ async def soak(opts: SoakOptions, pg_holder: list[Postgres]) -> int:
         failed = True
         raise
     finally:
-        if pg is not None:
-            for name in list(pg.made):
-                with contextlib.suppress(Exception):
-                    await pg.drop(name)
-            await pg.close()
-        if failed or opts.keep_logs:
-            print(f"logs kept in {workdir}", file=sys.stderr)
-        else:
+        await release(pg, workdir, keep=failed or opts.keep_logs)
+        if not (failed or opts.keep_logs):
             shutil.rmtree(workdir, ignore_errors=True)
     report(opts, readings, work, pid)
     return 0

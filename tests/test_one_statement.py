@@ -47,19 +47,24 @@ def _hold_write_lock(path: Path, seconds: float, taken: threading.Event) -> None
         other.close()
 
 
-async def test_statements_run_on_the_calling_thread_not_in_aiosqlite(
-    sqlite_file: tuple[AsyncEngine, Path],
-) -> None:
-    engine, _ = sqlite_file
+def threads_of_statements(engine: AsyncEngine) -> list[str]:
+    """The name of the thread each statement sent for `engine` from now on runs on."""
     threads: list[str] = []
-    engines = one_statement.statement_engines(engine)
-    assert len(engines) == 2  # the async engine's and the synchronous one beside it
 
     def seen(*_: object) -> None:
         threads.append(threading.current_thread().name)
 
-    for sync_engine in engines:
+    for sync_engine in one_statement.statement_engines(engine):
         event.listen(sync_engine, "before_cursor_execute", seen)
+    return threads
+
+
+async def test_statements_run_on_the_calling_thread_not_in_aiosqlite(
+    sqlite_file: tuple[AsyncEngine, Path],
+) -> None:
+    engine, _ = sqlite_file
+    assert len(one_statement.statement_engines(engine)) == 2  # async, and the one beside it
+    threads = threads_of_statements(engine)
     assert await one_statement.write(engine, _ADD, {"id": 1}) == 1
     row = await one_statement.read(engine, _ALL, {})
     assert row is not None and row.id == 1
@@ -80,19 +85,12 @@ async def test_several_writes_are_one_transaction_on_the_loop(
     sqlite_file: tuple[AsyncEngine, Path],
 ) -> None:
     engine, path = sqlite_file
-    threads: list[str] = []
-    engines = one_statement.statement_engines(engine)
-
-    def seen(*_: object) -> None:
-        threads.append(threading.current_thread().name)
-
-    for sync_engine in engines:
-        event.listen(sync_engine, "before_cursor_execute", seen)
+    threads = threads_of_statements(engine)
     await one_statement.write_each(engine, [(_ADD, {"id": 1}), (_ADD, {"id": 2})])
     assert len(threads) >= 2 and set(threads) == {threading.current_thread().name}  # + BEGIN
     with pytest.raises(IntegrityError):  # 3 is new, 2 is not: neither is written
         await one_statement.write_each(engine, [(_ADD, {"id": 3}), (_ADD, {"id": 2})])
-    # Another process waits for the second statement: the first is not there before it.
+    # Another process holds the write lock: the transaction waits for it, then writes both.
     taken = threading.Event()
     holder = threading.Thread(target=_hold_write_lock, args=(path, 0.3, taken))
     holder.start()
