@@ -23,7 +23,10 @@ COPY storage ./storage
 COPY trt ./trt
 COPY ops/start.sh ./ops/start.sh
 
+# Our modules are compiled once here: PYTHONDONTWRITEBYTECODE keeps a running container
+# from writing bytecode, so without this every start compiles them again.
 RUN pip install -e . \
+    && python -m compileall -q engine flows kie pricing storage trt alembic \
     && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin trt \
     && mkdir -p /app/data \
     && chown trt /app/data
