@@ -246,23 +246,23 @@ class FlowEngine:
                 Marks.of(after).moved().apply(product_data(before.data)),
             )
             if not await self.store.save(where.key, back, after.counter):
-                back = await self.load_or_create(where)
+                back = await self.load_or_create(where, fresh=True)
             await self.send(where, back, prefix=text)
 
-    async def load_or_create(self, where: Where) -> Snapshot:
+    async def load_or_create(self, where: Where, fresh: bool = False) -> Snapshot:
         for _ in range(_CAS_ATTEMPTS):
-            snap = await self.store.load(where.key)
+            snap = await self.store.load(where.key, fresh)
             if snap is not None:
                 if snap.state not in self.spec.states:
                     # The state was removed by a deploy: start over at the root.
-                    fresh = Snapshot(self.spec.root, snap.counter + 1, snap.locale, {})
-                    if await self.store.save(where.key, fresh, snap.counter):
-                        return fresh
+                    root = Snapshot(self.spec.root, snap.counter + 1, snap.locale, {})
+                    if await self.store.save(where.key, root, snap.counter):
+                        return root
                     continue
                 return snap
-            fresh = Snapshot(self.spec.root, 1, self.locale_of(where.user), {})
-            if await self.store.save(where.key, fresh, None):
-                return fresh
+            first = Snapshot(self.spec.root, 1, self.locale_of(where.user), {})
+            if await self.store.save(where.key, first, None):
+                return first
         raise RuntimeError(f"conversation {where.key} is changing too fast to load")
 
     # ---- /start --------------------------------------------------------------
@@ -328,20 +328,38 @@ class FlowEngine:
     async def on_callback(self, where: Where, query: CallbackQuery, answer: TapAnswer) -> None:
         message = query.message if isinstance(query.message, Message) else None
         source = f"q:{query.id}"
+        tap = callback_data.decode(query.data)
         snap = await self.load_or_create(where)
+        if snap.cached and not self.plain_tap(snap, tap, source):
+            # Only a move (its compare-and-set) may act on a copy; a stale toast or a
+            # repeated answer is decided on the stored row.
+            snap = await self.load_or_create(where, fresh=True)
         if source in Marks.of(snap).answered:
             answer.done = True
         if await self.redelivered(where, snap, source, message, answer):
             return
-        tap = callback_data.decode(query.data)
-        if (
-            tap is None
-            or tap.version != self.version
-            or not callback_data.same_counter(tap, snap.counter)
-        ):
+        if tap is None or not self.current_tap(snap, tap):
             await self.stale(where, snap, message, answer, source)
             return
         await self.move(where, snap, tap, message, answer, source)
+
+    def current_tap(self, snap: Snapshot, tap: Tap | None) -> bool:
+        """A button of this deploy on the screen the conversation is on."""
+        return (
+            tap is not None
+            and tap.version == self.version
+            and callback_data.same_counter(tap, snap.counter)
+        )
+
+    def plain_tap(self, snap: Snapshot, tap: Tap | None, source: str) -> bool:
+        """A first tap on the current screen: what a move follows from."""
+        marks = Marks.of(snap)
+        return (
+            self.current_tap(snap, tap)
+            and source not in marks.answered
+            and marks.by != source
+            and (marks.run is None or marks.run.by != source)
+        )
 
     async def redelivered(
         self,
@@ -400,7 +418,7 @@ class FlowEngine:
         this one runs it too, under the same run key: acknowledging this one while the
         other fails would lose the tap, and the run key keeps the effect single.
         `claimed`: the counter this delivery claimed itself, never resumed twice."""
-        current = await self.load_or_create(where)
+        current = await self.load_or_create(where, fresh=True)
         marks = Marks.of(current)
         if marks.by == source:
             await self.handled_already(where, current, message, answer)
@@ -567,7 +585,7 @@ class FlowEngine:
         if await self.store.save(where.key, again, claimed.counter):
             await self.show(where, again, message, run.by, screen)
         else:
-            await self.show(where, await self.load_or_create(where), message, run.by)
+            await self.show(where, await self.load_or_create(where, fresh=True), message, run.by)
 
     async def answer_outcome(self, outcome: Outcome, locale: str, answer: Answer) -> None:
         if outcome.notice:
@@ -580,7 +598,9 @@ class FlowEngine:
 
     async def on_message(self, where: Where, message: Message) -> None:
         source = f"m:{message.message_id}"
-        snap = await self.load_or_create(where)
+        # Fresh: a message has no counter of its own for a compare-and-set to check, and
+        # may be answered (a hint, an input error) without one.
+        snap = await self.load_or_create(where, fresh=True)
         told = source in Marks.of(snap).answered
         sent: list[str] = []
 
@@ -625,7 +645,7 @@ class FlowEngine:
             allowed[0], snap.counter + 1, snap.locale, Marks.of(snap).moved(source).apply(data)
         )
         if not await self.store.save(where.key, moved, snap.counter):
-            current = await self.load_or_create(where)
+            current = await self.load_or_create(where, fresh=True)
             await self.send(where, current, prefix=self.renderer.system("stale", snap.locale))
             return
         await self.show_or_undo(where, snap, moved, None, source)

@@ -18,11 +18,17 @@ class Snapshot:
     counter: int
     locale: str
     data: dict[str, Any] = field(default_factory=dict)
+    # True when the store answered from what this process last read or wrote, not from
+    # the stored row: as good as the row for a move (its compare-and-set fails if
+    # another process moved the conversation since), but not for an effect made without
+    # one (a stale toast, a repeated answer); the engine reads `fresh` for those.
+    cached: bool = field(default=False, compare=False, repr=False)
 
 
 class StateStore(Protocol):
-    async def load(self, key: str) -> Snapshot | None:
-        """The stored snapshot, or None for a conversation never seen."""
+    async def load(self, key: str, fresh: bool = False) -> Snapshot | None:
+        """The stored snapshot, or None for a conversation never seen. `fresh`: read
+        the stored row even if the store keeps a copy (see Snapshot.cached)."""
         ...
 
     async def save(self, key: str, snapshot: Snapshot, expected_counter: int | None) -> bool:
@@ -40,7 +46,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self._rows: dict[str, tuple[str, int, str, dict[str, Any]]] = {}
 
-    async def load(self, key: str) -> Snapshot | None:
+    async def load(self, key: str, fresh: bool = False) -> Snapshot | None:
         row = self._rows.get(key)
         if row is None:
             return None

@@ -5,11 +5,23 @@ counter = :expected`, `INSERT ... ON CONFLICT DO NOTHING`), never as a read
 in Python followed by a write, so two processes cannot both win. Each call is
 one statement in one short transaction; a single statement is atomic on its
 own, so nothing else needs to be held between the check and the write.
+
+The same rule lets a load answer from memory: the store keeps the last snapshot
+this process read or wrote of each recent conversation (a bounded LRU), and a
+move made from a copy that another process has since overtaken fails its
+compare-and-set, which drops the copy, so the engine's retry reads the row. A
+navigation tap is then one statement, the move. Loads that lead to an effect
+without a compare-and-set ask for the row (`fresh`, engine.store.Snapshot.cached).
+What a copy can miss without failing the compare-and-set is only what another process
+noted in place, at the same counter: advisory marks (which message shows what, that a
+callback was answered), whose loss costs at most an edit Telegram refuses or a second
+answer to a callback query, which Telegram ignores.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -72,6 +84,8 @@ _INSERTS = {
 
 ATTEMPTS = 4
 BACKOFF_BASE_S = 0.01
+# Conversations whose last snapshot is kept (a few hundred bytes each).
+CACHE_SIZE = 4096
 
 
 async def with_retries(operation: Callable[[], Awaitable[_T]]) -> _T:
@@ -89,6 +103,20 @@ class SqlStateStore:
         # Every call is one statement, its own transaction (storage.one_statement).
         self._insert = _INSERTS[dialect]
         self.db = engine
+        self._copies: OrderedDict[str, Snapshot] = OrderedDict()
+
+    def has_copy(self, key: str) -> bool:
+        """Whether a load of `key` would answer from memory."""
+        return key in self._copies
+
+    def _keep(self, key: str, snap: Snapshot | None) -> None:
+        if snap is None:
+            self._copies.pop(key, None)
+            return
+        self._copies[key] = Snapshot(snap.state, snap.counter, snap.locale, dict(snap.data))
+        self._copies.move_to_end(key)
+        if len(self._copies) > CACHE_SIZE:
+            self._copies.popitem(last=False)
 
     def beside(self, value: ScalarSelect[Any]) -> Select[Any]:
         """One statement reading `value` and the conversation :k (for `read_beside`)."""
@@ -106,16 +134,23 @@ class SqlStateStore:
         _read_ahead.set((key, _snapshot(row)))
         return row.beside
 
-    async def load(self, key: str) -> Snapshot | None:
+    async def load(self, key: str, fresh: bool = False) -> Snapshot | None:
         ahead = _read_ahead.get()
         if ahead is not None and ahead[0] == key:
             _read_ahead.set(None)  # once: a later load (after a lost race) reads again
+            self._keep(key, ahead[1])
             return ahead[1]
+        copy = None if fresh else self._copies.get(key)
+        if copy is not None:
+            self._copies.move_to_end(key)
+            return Snapshot(copy.state, copy.counter, copy.locale, dict(copy.data), cached=True)
 
         async def run() -> Snapshot | None:
             return _snapshot(await one_statement.read(self.db, _LOAD, {"k": key}))
 
-        return await with_retries(run)
+        snap = await with_retries(run)
+        self._keep(key, snap)
+        return snap
 
     async def save(self, key: str, snapshot: Snapshot, expected_counter: int | None) -> bool:
         params: dict[str, Any] = {
@@ -136,4 +171,10 @@ class SqlStateStore:
         async def run() -> bool:
             return await one_statement.write(self.db, statement, params) == 1
 
-        return await with_retries(run)
+        try:
+            saved = await with_retries(run)
+        except BaseException:
+            self._copies.pop(key, None)  # written or not: unknown
+            raise
+        self._keep(key, snapshot if saved else None)
+        return saved

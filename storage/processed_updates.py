@@ -16,6 +16,13 @@ exactly as after a crash before an awaited write. Until written, the ids are
 known to this process (`seen` looks at them first), and the service writes them
 when it stops (`close`). Under load the record costs a small fraction of a
 statement per update instead of one each, off the update's path.
+
+A tap need not be looked up at all when it is new to this process (its id above
+every id the process was given: Telegram numbers updates in order, and a
+redelivery comes after its first delivery) and its conversation is in the
+conversation store's memory: if another process handled it, that process moved
+the conversation, so the tap's move fails its compare-and-set and the engine
+reads the row, whose marks say the tap was handled (engine.runtime.settle).
 """
 
 from __future__ import annotations
@@ -65,18 +72,25 @@ class ProcessedUpdates:
         )
         self._flush_every_s = FLUSH_EVERY_S if flush_every_s is None else flush_every_s
         self._pending: dict[int, datetime] = {}
+        self._highest = 0  # the highest update id this process was given
         self._flusher: asyncio.Task[None] | None = None
         # The conversation store and the statement that reads `seen` beside it.
         self._beside = (states, states.beside(_SEEN.scalar_subquery())) if states else None
 
-    async def seen(self, update_id: int, conversation: str | None = None) -> bool:
+    async def seen(
+        self, update_id: int, conversation: str | None = None, tap: bool = False
+    ) -> bool:
         """Whether `update_id` was handled. With the key of the `conversation` the update
         belongs to, that conversation is read in the same statement, for the update's
-        first load: the hot path's two reads in one round trip."""
+        first load: the hot path's two reads in one round trip. `tap`: the update is
+        a callback query (see the module's last paragraph)."""
         if update_id in self._pending:
             return True
+        newest, self._highest = update_id > self._highest, max(update_id, self._highest)
         if conversation is not None and self._beside is not None:
             states, statement = self._beside
+            if tap and newest and states.has_copy(conversation):
+                return False
             found = await states.read_beside(statement, {"id": update_id}, conversation)
             return found is not None
         return await one_statement.read(self._engine, _SEEN, {"id": update_id}) is not None

@@ -17,6 +17,7 @@ from aiogram.types import TelegramObject, Update
 
 from engine.registry import Context, Outcome
 from engine.store import MemoryStore
+from storage import conversation_store
 from storage.processed_updates import ProcessedUpdates
 from tests.harness import SECRET, Chat, Stack, running_stack
 from tests.service_support import (
@@ -153,7 +154,11 @@ async def test_with_the_database_down_the_update_is_refused_then_handled_once(
     await outage.start()
     before = len(stack.api.calls)
     assert await stack.post(update) == 503
-    assert stack.api.calls[before:] == []  # refused before anything was done
+    # The conversation is in memory, so the tap reaches its move, which the database
+    # refuses: nothing is written, the user is told at once (no spinning button).
+    [apology] = stack.api.calls[before:]
+    assert apology.method == "answerCallbackQuery" and apology.params["show_alert"]
+    assert apology.params["callback_query_id"] == update["callback_query"]["id"]
     status, body = await readiness(stack)
     assert status == 503 and any("database unreachable" in r for r in body["reasons"])
     await outage.stop()
@@ -164,6 +169,23 @@ async def test_with_the_database_down_the_update_is_refused_then_handled_once(
     before = len(stack.api.calls)
     assert await stack.post(update) == 200
     assert stack.api.calls[before:] == []
+    assert await state_of(chat) == ("second", 2)
+
+
+async def test_a_tap_of_a_conversation_not_in_memory_is_refused_before_anything_is_done(
+    outage_stack: tuple[Stack, Outage], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(conversation_store, "CACHE_SIZE", 0)  # as after a restart
+    stack, outage = outage_stack
+    chat = stack.chat(10)
+    await chat.send("/start")
+    update = tap_update(chat, "Дальше")
+    await outage.start()
+    before = len(stack.api.calls)
+    assert await stack.post(update) == 503
+    assert stack.api.calls[before:] == []  # its first read failed: nothing was done
+    await outage.stop()
+    assert await stack.post(update) == 200
     assert await state_of(chat) == ("second", 2)
 
 

@@ -89,3 +89,69 @@ async def test_state_survives_a_restart(migrated_database_url: str) -> None:
                 assert snap is not None and snap.state == "main"
         finally:
             await second.dispose()
+
+
+async def test_an_instance_whose_copy_is_behind_moves_from_the_stored_row(
+    two_engines: tuple[AsyncEngine, AsyncEngine], migrated_database_url: str
+) -> None:
+    """Each instance keeps the conversations it touched in memory; a tap the other
+    instance moved past is decided on the row, not on the copy."""
+    url = migrated_database_url
+    async with FakeBotAPI() as api:
+        await api.start()
+        async with (
+            running_stack(SqlStateStore(two_engines[0]), api=api, db_url=url) as a,
+            running_stack(SqlStateStore(two_engines[1]), api=api, db_url=url) as b,
+        ):
+            on_a, on_b = a.chat(23), b.chat(23)
+            await on_a.send("/start")
+            await on_a.tap("❓ Помощь")  # a's copy: the help screen
+            await on_b.tap(RU.system.back["ru"])  # b moves on: a's copy is behind
+            assert on_a.screen().text.startswith("Главное меню")
+
+            calls = await on_a.tap("❓ Помощь")  # a button of the screen b showed
+            assert answer_text(calls) is None  # a plain move, not "out of date"
+            assert on_a.screen().text == on_b.screen().text
+            assert not on_a.screen().text.startswith("Главное меню")
+            stored = await a.engine.store.load("23:23", fresh=True)
+            assert stored is not None and stored.state == "help"
+
+
+async def test_a_tap_the_other_instance_handled_is_not_moved_again(
+    two_engines: tuple[AsyncEngine, AsyncEngine], migrated_database_url: str
+) -> None:
+    """Telegram delivers a tap again to another instance (the first one's answer was
+    lost): the copy the second instance has is behind, its move fails, and the row
+    says the tap was handled: the same screen again, nothing moved twice."""
+    url = migrated_database_url
+    async with FakeBotAPI() as api:
+        await api.start()
+        async with (
+            running_stack(SqlStateStore(two_engines[0]), api=api, db_url=url) as a,
+            running_stack(SqlStateStore(two_engines[1]), api=api, db_url=url) as b,
+        ):
+            on_a = a.chat(24)
+            await on_a.send("/start")
+            await on_a.tap("❓ Помощь")
+            help_screen = on_a.screen()
+            update = api.make_callback_update(
+                24, 24, help_screen.message_id, help_screen.data_of(RU.system.back["ru"])
+            )
+            assert await b.post(update) == 200
+            moved = await b.engine.store.load("24:24", fresh=True)
+            assert moved is not None and moved.state == "main"
+            sent_before = len(api.calls_of("sendMessage"))
+
+            assert await a.post(update) == 200  # the same update, to a's stale copy
+            after = await a.engine.store.load("24:24", fresh=True)
+            assert after == moved  # not moved again (nor marked stale)
+            assert len(api.calls_of("sendMessage")) == sent_before
+            assert on_a.screen().text.startswith("Главное меню")
+            query = update["callback_query"]["id"]
+            answers = [
+                c.params.get("text")
+                for c in api.calls_of("answerCallbackQuery")
+                if c.params["callback_query_id"] == query
+            ]
+            # Answered as the first time (Telegram keeps the first answer of a query).
+            assert answers == [None, None], answers

@@ -61,7 +61,7 @@ async def test_insert_if_absent_succeeds_once(store: SqlStateStore) -> None:
     second = Snapshot("other", 1, "en", {"who": "second"})
     assert await store.save("chat:1", second, None) is False
 
-    assert await store.load("chat:1") == first
+    assert await store.load("chat:1", fresh=True) == first
 
 
 async def test_cas_with_the_stored_counter_succeeds(
@@ -73,7 +73,7 @@ async def test_cas_with_the_stored_counter_succeeds(
     moved = Snapshot("catalog", 2, "en", {"step": 2})
     assert await store.save("chat:1", moved, expected_counter=1) is True
 
-    assert await store.load("chat:1") == moved
+    assert await store.load("chat:1", fresh=True) == moved
     assert await updated_at(db_engine, "chat:1") >= before
 
 
@@ -84,12 +84,12 @@ async def test_cas_with_a_stale_counter_writes_nothing(store: SqlStateStore) -> 
     assert await store.save("chat:1", Snapshot("x", 4, "en", {"lost": True}), 2) is False
     assert await store.save("chat:1", Snapshot("x", 4, "en", {"lost": True}), 4) is False
 
-    assert await store.load("chat:1") == original
+    assert await store.load("chat:1", fresh=True) == original
 
 
 async def test_cas_on_a_missing_key_creates_nothing(store: SqlStateStore) -> None:
     assert await store.save("ghost", Snapshot("main", 1, "ru"), expected_counter=0) is False
-    assert await store.load("ghost") is None
+    assert await store.load("ghost", fresh=True) is None
 
 
 async def test_keys_are_independent(store: SqlStateStore) -> None:
@@ -98,7 +98,7 @@ async def test_keys_are_independent(store: SqlStateStore) -> None:
 
     assert await store.save("a", Snapshot("next", 2, "ru", {"n": "a2"}), 1) is True
 
-    assert await store.load("b") == Snapshot("main", 1, "ru", {"n": "b"})
+    assert await store.load("b", fresh=True) == Snapshot("main", 1, "ru", {"n": "b"})
 
 
 async def test_data_json_round_trips(store: SqlStateStore) -> None:
@@ -110,7 +110,7 @@ async def test_data_json_round_trips(store: SqlStateStore) -> None:
     }
     await store.save("chat:json", Snapshot("main", 1, "ru", data), None)
 
-    loaded = await store.load("chat:json")
+    loaded = await store.load("chat:json", fresh=True)
 
     assert loaded is not None
     assert loaded.data == data
@@ -120,8 +120,83 @@ async def test_counter_holds_values_beyond_32_bits(store: SqlStateStore) -> None
     big = 2**40
     await store.save("chat:big", Snapshot("main", big, "ru"), None)
     assert await store.save("chat:big", Snapshot("main", big + 1, "ru"), big) is True
-    loaded = await store.load("chat:big")
+    loaded = await store.load("chat:big", fresh=True)
     assert loaded is not None and loaded.counter == big + 1
+
+
+# ------------------------------------------------------------- copies in memory
+
+
+async def test_a_load_after_a_write_answers_from_memory(
+    store: SqlStateStore, db_engine: AsyncEngine
+) -> None:
+    saved = Snapshot("main", 1, "ru", {"n": [1]})
+    await store.save("chat:copy", saved, None)
+    async with db_engine.begin() as conn:  # the row goes behind the store's back
+        await conn.execute(text("DELETE FROM conversation_state WHERE key = 'chat:copy'"))
+
+    copy = await store.load("chat:copy")
+    assert copy == saved and copy is not None and copy.cached
+    assert await store.load("chat:copy", fresh=True) is None  # the row itself
+    assert not store.has_copy("chat:copy")  # and what was read replaces the copy
+
+
+async def test_a_loaded_copy_is_the_callers_own(store: SqlStateStore) -> None:
+    await store.save("chat:own", Snapshot("main", 1, "ru", {"n": 1}), None)
+    first = await store.load("chat:own")
+    assert first is not None
+    first.data["n"] = 2
+    first.state = "changed"
+    assert await store.load("chat:own") == Snapshot("main", 1, "ru", {"n": 1})
+
+
+async def test_a_copy_another_process_overtook_fails_its_move_and_is_read_again(
+    db_engine: AsyncEngine,
+) -> None:
+    ours, theirs = SqlStateStore(db_engine), SqlStateStore(db_engine)
+    await ours.save("chat:race", Snapshot("main", 1, "ru", {"by": "us"}), None)
+    assert await theirs.save("chat:race", Snapshot("help", 2, "ru", {"by": "them"}), 1)
+
+    behind = await ours.load("chat:race")
+    assert behind is not None and behind.cached and behind.counter == 1
+    assert not await ours.save("chat:race", Snapshot("models", 2, "ru", {"by": "us"}), 1)
+    assert not ours.has_copy("chat:race")
+    now = await ours.load("chat:race")
+    assert now == Snapshot("help", 2, "ru", {"by": "them"}) and not now.cached
+
+
+async def test_a_write_that_failed_drops_the_copy(
+    store: SqlStateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.save("chat:fail", Snapshot("main", 1, "ru"), None)
+    assert store.has_copy("chat:fail")
+
+    async def broken(*_: Any, **__: Any) -> int:
+        raise RuntimeError("connection lost after the statement was sent")
+
+    monkeypatch.setattr(conversation_store.one_statement, "write", broken)
+    with pytest.raises(RuntimeError):
+        await store.save("chat:fail", Snapshot("help", 2, "ru"), 1)
+    assert not store.has_copy("chat:fail")  # written or not: the next load reads the row
+
+
+async def test_copies_are_bounded_the_least_recent_dropped(
+    store: SqlStateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(conversation_store, "CACHE_SIZE", 3)
+    for n in range(4):
+        await store.save(f"chat:{n}", Snapshot("main", 1, "ru"), None)
+    await store.load("chat:1")  # used again: now the most recent
+    await store.save("chat:9", Snapshot("main", 1, "ru"), None)
+    assert [store.has_copy(f"chat:{n}") for n in (0, 1, 2, 3, 9)] == [
+        False,
+        True,
+        False,
+        True,
+        True,
+    ]
+    loaded = await store.load("chat:0")
+    assert loaded == Snapshot("main", 1, "ru") and not loaded.cached
 
 
 async def test_orm_sessions_read_what_the_store_wrote(
@@ -236,7 +311,7 @@ async def test_two_processes_racing_lose_and_double_nothing(
     assert [worker.returncode for worker in workers] == [0, 0]
     won_a, won_b = (json.loads(out.strip().splitlines()[-1]) for out, _ in outputs)
     total = len(won_a) + len(won_b)
-    final = await store.load("chat:procs")
+    final = await store.load("chat:procs", fresh=True)
     assert final is not None
     # Every success moved the counter by exactly one, and no two claimed the same step.
     assert final.counter == total

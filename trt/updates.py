@@ -65,7 +65,8 @@ class UpdateProcessor:
 
     async def _process(self, update: Update) -> bool:
         try:
-            if await self.processed.seen(update.update_id, conversation_of(update)):
+            tap = update.callback_query is not None
+            if await self.processed.seen(update.update_id, conversation_of(update), tap):
                 UPDATES.labels(update.event_type, "duplicate").inc()
                 log.info("update already handled; acknowledged again")
                 return True

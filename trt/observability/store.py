@@ -17,8 +17,8 @@ class CorrelatedStore:
     def __init__(self, inner: StateStore) -> None:
         self.inner = inner
 
-    async def load(self, key: str) -> Snapshot | None:
-        snap = await self.inner.load(key)
+    async def load(self, key: str, fresh: bool = False) -> Snapshot | None:
+        snap = await self.inner.load(key, fresh)
         if snap is not None:
             bind(state=snap.state)
         return snap
