@@ -46,6 +46,10 @@ class MemoryStore:
     def __init__(self) -> None:
         self._rows: dict[str, tuple[str, int, str, dict[str, Any]]] = {}
 
+    def holds(self, key: str) -> bool:
+        """Whether `key` has a conversation: this store is the only truth there is."""
+        return key in self._rows
+
     async def load(self, key: str, fresh: bool = False) -> Snapshot | None:
         row = self._rows.get(key)
         if row is None:

@@ -105,8 +105,8 @@ class SqlStateStore:
         self.db = engine
         self._copies: OrderedDict[str, Snapshot] = OrderedDict()
 
-    def has_copy(self, key: str) -> bool:
-        """Whether a load of `key` would answer from memory."""
+    def holds(self, key: str) -> bool:
+        """Whether a load of `key` answers from this process's memory (no read)."""
         return key in self._copies
 
     def _keep(self, key: str, snap: Snapshot | None) -> None:

@@ -17,18 +17,24 @@ known to this process (`seen` looks at them first), and the service writes them
 when it stops (`close`). Under load the record costs a small fraction of a
 statement per update instead of one each, off the update's path.
 
-A tap need not be looked up at all when it is new to this process (its id above
-every id the process was given: Telegram numbers updates in order, and a
-redelivery comes after its first delivery) and its conversation is in the
-conversation store's memory: if another process handled it, that process moved
-the conversation, so the tap's move fails its compare-and-set and the engine
-reads the row, whose marks say the tap was handled (engine.runtime.settle).
+A tap (a callback query) whose conversation the conversation store holds in memory
+is not looked up at all, unless this process handled it recently (it keeps the last
+RECENT ids it handled). The engine needs no lookup to keep a tap from acting twice:
+a tap carries the counter of the screen it was on, so a tap handled before either
+made the current screen (the row's marks say so: its answer and screen again) or is
+on a screen the conversation has left (the stale answer, which Telegram ignores for
+a query it has answered, and the current screen, which that message shows already);
+a copy another process overtook fails its move's compare-and-set, and the engine
+then reads the row (engine.runtime.settle). Messages carry no such counter: they
+are always looked up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from sqlalchemy import bindparam, delete, select
@@ -49,6 +55,9 @@ FLUSH_EVERY_S = 0.2
 # Ids kept unwritten while the database refuses them; beyond, the oldest are dropped
 # (at worst one more handling of an update whose acknowledgement was lost).
 MAX_PENDING = 100_000
+# Ids this process handled, kept after their write so that a tap delivered again soon
+# is acknowledged without the engine (the redelivery Telegram makes within seconds).
+RECENT = 4096
 
 
 class ProcessedUpdates:
@@ -59,10 +68,13 @@ class ProcessedUpdates:
         engine: AsyncEngine,
         states: SqlStateStore | None = None,
         flush_every_s: float | None = None,
+        holds: Callable[[str], bool] | None = None,
     ) -> None:
         """`states`: the conversation store on the same database, whose conversation
         `seen` then reads in the same statement (see `seen`). `flush_every_s`: the
-        longest a recorded id waits for its write (default FLUSH_EVERY_S)."""
+        longest a recorded id waits for its write (default FLUSH_EVERY_S). `holds`:
+        whether the conversation store answers a conversation from memory (default:
+        `states`'), which spares a tap's lookup (see the module's last paragraph)."""
         self._engine = engine
         self._insert = insert_if_absent(
             engine.dialect.name,
@@ -72,7 +84,8 @@ class ProcessedUpdates:
         )
         self._flush_every_s = FLUSH_EVERY_S if flush_every_s is None else flush_every_s
         self._pending: dict[int, datetime] = {}
-        self._highest = 0  # the highest update id this process was given
+        self._recent: OrderedDict[int, None] = OrderedDict()
+        self._holds = holds if holds is not None or states is None else states.holds
         self._flusher: asyncio.Task[None] | None = None
         # The conversation store and the statement that reads `seen` beside it.
         self._beside = (states, states.beside(_SEEN.scalar_subquery())) if states else None
@@ -84,13 +97,12 @@ class ProcessedUpdates:
         belongs to, that conversation is read in the same statement, for the update's
         first load: the hot path's two reads in one round trip. `tap`: the update is
         a callback query (see the module's last paragraph)."""
-        if update_id in self._pending:
+        if update_id in self._pending or update_id in self._recent:
             return True
-        newest, self._highest = update_id > self._highest, max(update_id, self._highest)
+        if tap and conversation is not None and self._holds and self._holds(conversation):
+            return False
         if conversation is not None and self._beside is not None:
             states, statement = self._beside
-            if tap and newest and states.has_copy(conversation):
-                return False
             found = await states.read_beside(statement, {"id": update_id}, conversation)
             return found is not None
         return await one_statement.read(self._engine, _SEEN, {"id": update_id}) is not None
@@ -100,6 +112,9 @@ class ProcessedUpdates:
         self._pending[update_id] = datetime.now(UTC)
         while len(self._pending) > MAX_PENDING:
             del self._pending[next(iter(self._pending))]
+        self._recent[update_id] = None
+        if len(self._recent) > RECENT:
+            self._recent.popitem(last=False)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush_behind())
 

@@ -10,6 +10,7 @@ from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from storage import processed_updates
 from storage.db import create_engine
 from storage.models import ProcessedUpdate, table_of
 from storage.one_statement import statement_engines
@@ -81,3 +82,48 @@ async def test_a_failed_write_keeps_the_ids_for_the_next(tmp_path: Path) -> None
         assert all([await fresh.seen(i) for i in range(5)])
     finally:
         await engine.dispose()
+
+
+def count_lookups(engine: AsyncEngine) -> list[int]:
+    lookups = [0]
+
+    def _select(_c: object, _cur: object, sql: str, *_: object) -> None:
+        if sql.startswith("SELECT") and "processed_updates" in sql:
+            lookups[0] += 1
+
+    for sync_engine in statement_engines(engine):
+        event.listen(sync_engine, "before_cursor_execute", _select)
+    return lookups
+
+
+async def test_a_tap_of_a_conversation_held_in_memory_is_not_looked_up(
+    db_engine: AsyncEngine,
+) -> None:
+    processed = ProcessedUpdates(db_engine, flush_every_s=3600, holds=lambda k: k == "1:1")
+    lookups = count_lookups(db_engine)
+    assert not await processed.seen(10, "1:1", tap=True)
+    assert lookups[0] == 0
+    assert not await processed.seen(11, "2:2", tap=True)  # not held: looked up
+    assert not await processed.seen(12, "1:1", tap=False)  # a message: always looked up
+    assert lookups[0] == 2
+    processed.record(10)
+    await processed.flush()
+    assert await processed.seen(10, "1:1", tap=True)  # handled here: known without a read
+    assert lookups[0] == 2
+
+
+async def test_handled_ids_stay_known_after_their_write_the_last_recent_of_them(
+    db_engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(processed_updates, "RECENT", 3)
+    processed = ProcessedUpdates(db_engine, flush_every_s=3600, holds=lambda _: True)
+    for update_id in (1, 2, 3, 4):
+        processed.record(update_id)
+    await processed.flush()
+    lookups = count_lookups(db_engine)
+    assert [await processed.seen(i, "1:1", tap=True) for i in (2, 3, 4)] == [True] * 3
+    # The oldest is forgotten here (the engine's counter check decides such a tap)...
+    assert not await processed.seen(1, "1:1", tap=True)
+    assert lookups[0] == 0
+    assert await processed.seen(1, "1:1")  # ...but a message's lookup finds it written
+    assert lookups[0] == 1

@@ -138,7 +138,7 @@ async def test_a_load_after_a_write_answers_from_memory(
     copy = await store.load("chat:copy")
     assert copy == saved and copy is not None and copy.cached
     assert await store.load("chat:copy", fresh=True) is None  # the row itself
-    assert not store.has_copy("chat:copy")  # and what was read replaces the copy
+    assert not store.holds("chat:copy")  # and what was read replaces the copy
 
 
 async def test_a_loaded_copy_is_the_callers_own(store: SqlStateStore) -> None:
@@ -160,7 +160,7 @@ async def test_a_copy_another_process_overtook_fails_its_move_and_is_read_again(
     behind = await ours.load("chat:race")
     assert behind is not None and behind.cached and behind.counter == 1
     assert not await ours.save("chat:race", Snapshot("models", 2, "ru", {"by": "us"}), 1)
-    assert not ours.has_copy("chat:race")
+    assert not ours.holds("chat:race")
     now = await ours.load("chat:race")
     assert now == Snapshot("help", 2, "ru", {"by": "them"}) and not now.cached
 
@@ -169,7 +169,7 @@ async def test_a_write_that_failed_drops_the_copy(
     store: SqlStateStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await store.save("chat:fail", Snapshot("main", 1, "ru"), None)
-    assert store.has_copy("chat:fail")
+    assert store.holds("chat:fail")
 
     async def broken(*_: Any, **__: Any) -> int:
         raise RuntimeError("connection lost after the statement was sent")
@@ -177,7 +177,7 @@ async def test_a_write_that_failed_drops_the_copy(
     monkeypatch.setattr(conversation_store.one_statement, "write", broken)
     with pytest.raises(RuntimeError):
         await store.save("chat:fail", Snapshot("help", 2, "ru"), 1)
-    assert not store.has_copy("chat:fail")  # written or not: the next load reads the row
+    assert not store.holds("chat:fail")  # written or not: the next load reads the row
 
 
 async def test_copies_are_bounded_the_least_recent_dropped(
@@ -188,7 +188,7 @@ async def test_copies_are_bounded_the_least_recent_dropped(
         await store.save(f"chat:{n}", Snapshot("main", 1, "ru"), None)
     await store.load("chat:1")  # used again: now the most recent
     await store.save("chat:9", Snapshot("main", 1, "ru"), None)
-    assert [store.has_copy(f"chat:{n}") for n in (0, 1, 2, 3, 9)] == [
+    assert [store.holds(f"chat:{n}") for n in (0, 1, 2, 3, 9)] == [
         False,
         True,
         False,

@@ -17,6 +17,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from engine.runtime import FlowEngine
+from engine.store import MemoryStore
 from engine.telegram import UpdateNotProcessed
 from pricing.catalog import Catalog, CatalogError
 from pricing.source import CatalogSource
@@ -136,7 +137,9 @@ def add_service_routes(
     store = engine.store.inner if isinstance(engine.store, CorrelatedStore) else engine.store
     # The update's dedup read also reads its conversation when both live in `db`.
     states = store if isinstance(store, SqlStateStore) and store.db is db else None
-    processed = ProcessedUpdates(db, states)
+    # A tap of a conversation held in memory needs no lookup (storage.processed_updates).
+    holds = store.holds if isinstance(store, SqlStateStore | MemoryStore) else None
+    processed = ProcessedUpdates(db, states, holds=holds)
     processor = UpdateProcessor(dispatcher, bot, processed, retry_later)
 
     async def record_the_rest(_app: web.Application) -> None:
