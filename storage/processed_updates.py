@@ -21,12 +21,13 @@ A tap (a callback query) whose conversation the conversation store holds in memo
 is not looked up at all, unless this process handled it recently (it keeps the last
 RECENT ids it handled). The engine needs no lookup to keep a tap from acting twice:
 a tap carries the counter of the screen it was on, so a tap handled before either
-made the current screen (the row's marks say so: its answer and screen again) or is
+made the current screen (the row's marks say so: its answer and screen again), or
+left an action running (resumed under the same run key, as after an outage), or is
 on a screen the conversation has left (the stale answer, which Telegram ignores for
-a query it has answered, and the current screen, which that message shows already);
-a copy another process overtook fails its move's compare-and-set, and the engine
-then reads the row (engine.runtime.settle). Messages carry no such counter: they
-are always looked up.
+a query it has answered, and the current screen on its message, as for any old
+button); a copy another process overtook fails its move's compare-and-set, and the
+engine then reads the row (engine.runtime.settle). Messages carry no such counter:
+they are always looked up.
 """
 
 from __future__ import annotations
