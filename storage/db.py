@@ -16,11 +16,9 @@ import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Table, event
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
@@ -31,9 +29,11 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, PoolProxiedConnection
 from sqlalchemy.sql.dml import Insert
-from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage.settings import DatabaseSettings, parse_database_url
+
+if TYPE_CHECKING:  # imported where used: `trt migrate` at head needs neither (issue 14)
+    from sqlmodel.ext.asyncio.session import AsyncSession
 
 # How long a SQLite writer waits for another writer's lock before the driver
 # reports "database is locked"; the store retries a few times on top of it.
@@ -249,6 +249,8 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     expire_on_commit=False because async code cannot lazily reload attributes
     after a commit; objects stay readable once their session is done.
     """
+    from sqlmodel.ext.asyncio.session import AsyncSession
+
     return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
 
 
@@ -272,7 +274,11 @@ def insert_if_absent(dialect: str, table: Table, key: list[str], values: dict[st
     """INSERT ... ON CONFLICT DO NOTHING: checked by the database, so racing callers
     cannot both insert, and neither fails."""
     if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
         return sqlite_insert(table).values(**values).on_conflict_do_nothing(index_elements=key)
     if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
         return pg_insert(table).values(**values).on_conflict_do_nothing(index_elements=key)
     raise ValueError(f"no insert-if-absent for the {dialect!r} dialect")

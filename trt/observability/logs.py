@@ -28,7 +28,6 @@ import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from trt.observability.context import current_report
-from trt.observability.metrics import ERRORS
 
 REDACTED = "***"
 # Shorter values would blank out ordinary words; real secrets are far longer.
@@ -56,6 +55,11 @@ class Redactor:
 
 def _count_error(record: logging.LogRecord) -> None:
     if record.exc_info:
+        # Imported here: the editor and operator commands (`trt migrate`, `trt flows
+        # check`) log through this pipeline and need no metrics (prometheus_client's
+        # import is a tenth of `trt migrate`'s time).
+        from trt.observability.metrics import ERRORS
+
         ERRORS.labels("exception").inc()
     report = current_report()
     if report is not None:
