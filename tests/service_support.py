@@ -3,6 +3,8 @@ and metric readings."""
 
 from __future__ import annotations
 
+import copy
+import functools
 import io
 import json
 import os
@@ -48,23 +50,34 @@ MAIN_TEXT = "Главное"
 SECOND_TEXT = "Второй экран"
 
 
+# LibYAML when PyYAML has it: the pure-Python parser takes 0.1 s for flows.yaml, and
+# these run at collection in every test worker and in every mini flow.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+@functools.cache
+def _product_flow_section(name: str) -> dict[str, Any]:
+    spec = yaml.load((ROOT / "flows.yaml").read_text(encoding="utf-8"), Loader=_YAML_LOADER)
+    return dict(spec[name])
+
+
 def product_system_texts() -> dict[str, Any]:
-    spec = yaml.safe_load((ROOT / "flows.yaml").read_text(encoding="utf-8"))
-    return dict(spec["system"])
+    return copy.deepcopy(_product_flow_section("system"))
 
 
 def product_texts() -> dict[str, Any]:
     """The real file's `texts:`: a flow run with the product's registry needs the texts
     the product shows (`trt flows check` refuses a file without them)."""
-    spec = yaml.safe_load((ROOT / "flows.yaml").read_text(encoding="utf-8"))
-    return dict(spec["texts"])
+    return copy.deepcopy(_product_flow_section("texts"))
 
 
 def mini_flow(directory: Path) -> Path:
     path = directory / "mini_flows.yaml"
     texts = {**product_texts(), **_MINI.get("texts", {})}
     flow = {**_MINI, "system": product_system_texts(), "texts": texts}
-    path.write_text(yaml.safe_dump(flow, allow_unicode=True), encoding="utf-8")
+    dumped = yaml.dump(flow, Dumper=_YAML_DUMPER, allow_unicode=True, sort_keys=True)
+    path.write_text(dumped, encoding="utf-8")
     return path
 
 
