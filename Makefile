@@ -4,12 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-# Our modules' bytecode (and pytest's rewritten tests) cached under .venv, not beside the
-# sources: a machine that sets PYTHONDONTWRITEBYTECODE (to keep the tree clean) would
-# otherwise compile every module again in each test worker and each started `trt`,
-# about 5 s of CPU per test worker on a 2-core machine.
-export PYTHONPYCACHEPREFIX := $(CURDIR)/$(VENV)/pycache
-export PYTHONDONTWRITEBYTECODE :=
+# Bytecode is cached (in __pycache__, which git ignores) even where the machine sets
+# PYTHONDONTWRITEBYTECODE: without it every test worker and every started `trt` compiled
+# all our modules again, and pytest rewrote every test module (about 5 s of CPU per
+# test worker on a 2-core machine). Not PYTHONPYCACHEPREFIX: that would also ignore the
+# bytecode pip compiled for the installed packages and compile them all again.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: run test lint bench bench-ledger bench-service bench-soak faults
 
