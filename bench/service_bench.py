@@ -1829,14 +1829,16 @@ def last_resort(pg_holder: list[Postgres]) -> None:
                 asyncio.run(drop())
 
 
-def cli(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if args[:1] == [PROFILED_CHILD] and args[2:3] == ["--"]:
-        return profiled_child(args[1], args[3:])
-    opts = parse_args(argv)
+def run_to_exit_code(run: Callable[[list[Postgres]], Awaitable[int]]) -> int:
+    """Runs a benchmark's coroutine, given the list it registers its PostgreSQL in, and
+    cleans up whatever way it ends (the same for the service bench and the soak)."""
     pg_holder: list[Postgres] = []
+
+    async def started() -> int:
+        return await run(pg_holder)
+
     try:
-        return asyncio.run(main(opts, pg_holder))
+        return asyncio.run(started())
     except KeyboardInterrupt:
         return 130
     except asyncio.CancelledError:  # SIGTERM or SIGHUP
@@ -1844,6 +1846,14 @@ def cli(argv: list[str] | None = None) -> int:
         return 143
     finally:
         last_resort(pg_holder)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == [PROFILED_CHILD] and args[2:3] == ["--"]:
+        return profiled_child(args[1], args[3:])
+    opts = parse_args(argv)
+    return run_to_exit_code(lambda pg_holder: main(opts, pg_holder))
 
 
 if __name__ == "__main__":

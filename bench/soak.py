@@ -63,10 +63,10 @@ from bench.service_bench import (
     ServerCpu,
     SimUser,
     free_port,
-    last_resort,
     postgres_reason,
     release,
     run_command,
+    run_to_exit_code,
     spawn,
     stop,
     until_healthy,
@@ -480,16 +480,7 @@ def parse_args(argv: list[str] | None = None) -> SoakOptions:
 
 def cli(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
-    pg_holder: list[Postgres] = []
-    try:
-        return asyncio.run(soak(opts, pg_holder))
-    except KeyboardInterrupt:
-        return 130
-    except asyncio.CancelledError:
-        log("stopped by a signal")
-        return 143
-    finally:
-        last_resort(pg_holder)
+    return run_to_exit_code(lambda pg_holder: soak(opts, pg_holder))
 
 
 if __name__ == "__main__":
