@@ -234,23 +234,19 @@ async def write_each(
     one returns (an INSERT ... RETURNING). For a few short statements that need no read
     in between (a first contact's user and account), on SQLite on the loop like a
     single write, with the same writer queue and patience."""
+
+    def run(conn: Connection) -> list[Row[Any]]:
+        for statement, params in steps[:-1]:
+            conn.execute(statement, params)
+        last, params = steps[-1]
+        result = conn.execute(last, params)
+        return list(result.all()) if result.returns_rows else []
+
     companion = _companion(engine)
     if companion is not None:
-
-        def run(conn: Connection) -> list[Row[Any]]:
-            for statement, params in steps[:-1]:
-                conn.execute(statement, params)
-            last, params = steps[-1]
-            result = conn.execute(last, params)
-            return list(result.all()) if result.returns_rows else []
-
         async with sqlite_writer(engine):
             found = await _patiently(companion.batch, run)
         companion.wrote(engine)
         return found
     async with write_transaction(engine) as conn:
-        for statement, params in steps[:-1]:
-            await conn.execute(statement, params)
-        last, params = steps[-1]
-        result = await conn.execute(last, params)
-        return list(result.all()) if result.returns_rows else []
+        return await conn.run_sync(run)
