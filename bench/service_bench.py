@@ -187,12 +187,33 @@ def process_cpu(pid: int) -> float | None:
     return None if fields is None else (int(fields[11]) + int(fields[12])) / TICK
 
 
+@dataclass(frozen=True, slots=True)
+class Memory:
+    """One reading of a process's /proc/<pid>/status, in MB."""
+
+    rss: float
+    anon: float
+    hwm: float  # the peak RSS so far
+
+
+def memory_of(pid: int) -> Memory | None:
+    fields: dict[str, float] = {}
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        if name in ("VmRSS", "RssAnon", "VmHWM"):
+            fields[name] = int(rest.split()[0]) / 1024
+    if "VmRSS" not in fields:
+        return None
+    return Memory(fields["VmRSS"], fields.get("RssAnon", 0.0), fields.get("VmHWM", 0.0))
+
+
 def peak_rss_mb(pid: int) -> float | None:
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return None
+    memory = memory_of(pid)
+    return None if memory is None else memory.hwm
 
 
 QUIET_CORES = 0.25

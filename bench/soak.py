@@ -38,6 +38,7 @@ import os
 import random
 import shutil
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -58,11 +59,13 @@ from bench.service_bench import (
     BotProcess,
     Context,
     Driver,
+    Memory,
     Options,
     Postgres,
     ServerCpu,
     SimUser,
     free_port,
+    memory_of,
     postgres_reason,
     release,
     run_command,
@@ -93,30 +96,6 @@ class SoakOptions:
     env: dict[str, str]
     keep_logs: bool
     pg_url: str
-
-
-@dataclass(frozen=True, slots=True)
-class Memory:
-    """One reading of the bot's /proc/<pid>/status, in MB."""
-
-    rss: float
-    anon: float
-    hwm: float
-
-
-def memory_of(pid: int) -> Memory | None:
-    fields: dict[str, float] = {}
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        name, _, rest = line.partition(":")
-        if name in ("VmRSS", "RssAnon", "VmHWM"):
-            fields[name] = int(rest.split()[0]) / 1024
-    if "VmRSS" not in fields:
-        return None
-    return Memory(fields["VmRSS"], fields.get("RssAnon", 0.0), fields.get("VmHWM", 0.0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,16 +200,11 @@ class CallAudit:
 
 
 def slope(points: list[tuple[float, float]]) -> float | None:
-    """Least-squares slope of (x, y); None under two points."""
-    if len(points) < 2:
+    """Least-squares slope of (x, y); None under two distinct x."""
+    try:
+        return statistics.linear_regression(*zip(*points, strict=True)).slope
+    except (statistics.StatisticsError, TypeError):  # TypeError: no points at all
         return None
-    n = len(points)
-    mx = sum(x for x, _ in points) / n
-    my = sum(y for _, y in points) / n
-    sxx = sum((x - mx) ** 2 for x, _ in points)
-    if sxx == 0:
-        return None
-    return sum((x - mx) * (y - my) for x, y in points) / sxx
 
 
 async def sampler(
