@@ -74,8 +74,8 @@ class ProcessedUpdates:
         """`states`: the conversation store on the same database, whose conversation
         `seen` then reads in the same statement (see `seen`). `flush_every_s`: the
         longest a recorded id waits for its write (default FLUSH_EVERY_S). `holds`:
-        whether the conversation store answers a conversation from memory (default:
-        `states`'), which spares a tap's lookup (see the module's last paragraph)."""
+        whether the conversation store answers a conversation from memory, which
+        spares a tap's lookup (see the module's last paragraph)."""
         self._engine = engine
         self._insert = insert_if_absent(
             engine.dialect.name,
@@ -86,7 +86,7 @@ class ProcessedUpdates:
         self._flush_every_s = FLUSH_EVERY_S if flush_every_s is None else flush_every_s
         self._pending: dict[int, datetime] = {}
         self._recent: OrderedDict[int, None] = OrderedDict()
-        self._holds = holds if holds is not None or states is None else states.holds
+        self._holds = holds
         self._flusher: asyncio.Task[None] | None = None
         # The conversation store and the statement that reads `seen` beside it.
         self._beside = (states, states.beside(_SEEN.scalar_subquery())) if states else None
