@@ -30,6 +30,7 @@ lint: $(STAMP)
 # The suite runs in parallel (pytest-xdist): every test has a database of its own, the
 # fault cases stay on one worker (tests/conftest.py, loadscope). More workers than cores: many tests wait
 # on sockets and timers, not the CPU.
+# Workers are forked from one warm interpreter (tests/zygote.py), which imports aiogram once.
 TEST_WORKERS ?= 4
 
 test: lint

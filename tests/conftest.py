@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +30,7 @@ from sqlalchemy.pool import NullPool
 from storage.db import create_engine
 from storage.migrate import upgrade_to_head
 from storage.settings import DatabaseSettings
-from tests.harness import migrated_sqlite
+from tests import zygote
 from tests.pg_databases import PostgresDatabases
 
 _T = TypeVar("_T")
@@ -44,6 +46,17 @@ ONE_WORKER_GROUPS = {
     "tests/test_ledger_concurrency.py": "many-connections",
     "tests/test_ledger.py": "many-connections",
 }
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The xdist controller starts the warm interpreter (tests/zygote.py) and has each
+    worker forked from it instead of started cold: the workers skip seconds of imports."""
+    tx = config.getoption("tx", None) or []
+    if hasattr(config, "workerinput") or not tx:
+        return
+    zygote.ensure_running()
+    client = f"{shlex.quote(sys.executable)} -S {shlex.quote(zygote.__file__)} python"
+    config.option.tx = [f"popen//python={client}" if spec == "popen" else spec for spec in tx]
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
@@ -166,6 +179,8 @@ def postgres_databases(
 def migrated_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A database of its own for this test, at the latest migration."""
     if request.param == "sqlite":
+        from tests.harness import migrated_sqlite  # aiogram: not in the xdist controller
+
         yield migrated_sqlite(tmp_path / "bot.db")
         return
     admin: URL = request.getfixturevalue("postgres_admin_url")

@@ -1,7 +1,7 @@
 """A separate OS process for the ledger concurrency tests (tests/test_ledger_concurrency.py).
 
-Forked from a warm interpreter (tests.warm) with one end of a multiprocessing Pipe,
-`serve(connection)`; ``python -m tests.ledger_worker`` speaks the same protocol as
+Forked from a warm interpreter (tests/zygote.py) with one end of a multiprocessing Pipe,
+`serve_fd`; ``python -m tests.ledger_worker`` speaks the same protocol as
 lines on stdin and stdout. The protocol:
 
 1. in: the job, a JSON object: ``url`` (the database), ``now`` (ISO time of the
@@ -164,9 +164,9 @@ async def main(channel: Channel) -> None:
     channel.send(json.dumps(report))
 
 
-def serve(connection: Connection) -> None:
-    """A forked worker's life: the protocol over `connection`, then exit."""
-    asyncio.run(main(Piped(connection)))
+def serve_fd(*, fds: list[int]) -> None:
+    """A forked worker's life (tests/zygote.py): the protocol over the Pipe end `fds[0]`."""
+    asyncio.run(main(Piped(Connection(fds[0]))))
 
 
 if __name__ == "__main__":

@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import multiprocessing
 import random
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from storage.ledger import (
     TransferRecord,
 )
 from storage.users import ensure_user
-from tests import ledger_worker, warm
+from tests import zygote
 from tests.ledger_support import START, Clock, check_invariants
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,13 +123,12 @@ def hold_call(hold_id: str, account: int, amount: int, expires_in: float = 600) 
 async def race(url: str, *jobs: Job) -> list[dict[str, Any]]:
     """Runs one worker process per job against `url`, all released at once; their reports.
 
-    Workers are forked from a warm interpreter (tests.warm): processes of their own,
+    Workers are forked from a warm interpreter (tests/zygote.py): processes of their own,
     each with its own engine and connections, without a second of imports each.
     A job without its own `now` runs at START, the clock the test's holds were made
     with: a worker on the wall clock would see those holds expire once that date passed.
     """
-    context = warm.forkserver()
-    workers: list[tuple[BaseProcess, Connection]] = []
+    workers: list[tuple[zygote.Child, Connection]] = []
 
     async def receive(connection: Connection) -> str:
         if not await asyncio.to_thread(connection.poll, WORKER_TIMEOUT_S):
@@ -138,9 +137,8 @@ async def race(url: str, *jobs: Job) -> list[dict[str, Any]]:
 
     try:
         for job in jobs:
-            ours, theirs = context.Pipe()
-            process = context.Process(target=ledger_worker.serve, args=(theirs,))
-            process.start()
+            ours, theirs = multiprocessing.Pipe()
+            process = zygote.start("tests.ledger_worker:serve_fd", fds=[theirs.fileno()])
             theirs.close()
             workers.append((process, ours))
             ours.send(json.dumps({"url": url, "now": START.isoformat(), **job}))
@@ -156,7 +154,7 @@ async def race(url: str, *jobs: Job) -> list[dict[str, Any]]:
     finally:
         for process, connection in workers:
             connection.close()
-            if process.exitcode is None:
+            if process.poll() is None:
                 process.kill()
                 process.join()
     reports = []

@@ -155,7 +155,7 @@ def test_console_lines_are_written_once_and_redacted(root_logging: logging.Logge
 # ------------------------------------------------------------------ the command line
 
 # The real `trt.cli.main()` in a forked `trt`, with the work of one subcommand replaced
-# by tests/log_patch.py. (The forkserver has imported the program but configured no
+# by tests/log_patch.py. (The zygote has imported the program but configured no
 # logging: what the fork logs is what a cold start logs; `trt serve` below starts cold.)
 COMMANDS = {
     "serve": (["serve"], "trt.serve:serve"),

@@ -2,8 +2,8 @@
 
 A cold start of `trt serve` or `trt run` spends about 4 s of CPU importing
 aiogram (its types are rebuilt on import); the suite starts the program dozens
-of times. multiprocessing's forkserver imports the program's modules once;
-each start is then a fork of it that takes the environment, working directory,
+of times. The suite's zygote (tests/zygote.py) has imported the program's modules
+once; each start is a fork of it that takes the environment, working directory,
 stdin and output it is given and runs `trt.cli.main` as the command line does.
 It is still a process of its own: signals reach it, kill -9 kills it, and
 nothing of it survives but what it wrote. No module of ours reads the
@@ -19,25 +19,18 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import multiprocessing
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from multiprocessing.context import ForkServerContext
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 
-# What `trt serve` and `trt run` import before they read a setting, and the ledger
-# tests' worker (one forkserver serves a test process: its preload is set once).
-PRELOAD = ["trt.cli", "trt.serve", "trt.run", "trt.product", "tests.ledger_worker"]
+from tests import zygote
 
-_context: ForkServerContext | None = None
 # Each started program's stdin and output files, removed when this test process exits
-# (made on first use: a forked child imports this module too, and makes none).
+# (made on first use).
 _scratch: tempfile.TemporaryDirectory[str] | None = None
 
 
@@ -48,39 +41,21 @@ def _scratch_dir() -> str:
     return _scratch.name
 
 
-def forkserver() -> ForkServerContext:
-    """The warm interpreter this test process forks from."""
-    global _context
-    if _context is None:
-        _context = multiprocessing.get_context("forkserver")
-        _context.set_forkserver_preload(PRELOAD)
-    return _context
-
-
 def _redirect(fd: int, path: str, flags: int) -> None:
     opened = os.open(path, flags, 0o600)
     os.dup2(opened, fd)
     os.close(opened)
 
 
-def _main(
-    args: list[str], env: dict[str, str], cwd: str, io: tuple[str, str, str], prepare: str
-) -> None:
-    """The child: the environment, directory, files and signal handlers of a fresh
-    `trt ARGS` (the forkserver inherits what its starter ignores; a shell's child does
-    not ignore Ctrl-C); then `prepare` ("module:function", a test's patch) if given."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    os.environ.clear()
-    os.environ.update(env)
-    os.chdir(cwd)
+def _main(args: list[str], io: list[str], prepare: str) -> None:
+    """The child: the files of a fresh `trt ARGS` (the zygote has set its environment,
+    directory and signal handlers); then `prepare` ("module:function", a test's patch)
+    if given."""
     stdin, stdout, stderr = io
     _redirect(0, stdin, os.O_RDONLY)
     _redirect(1, stdout, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     _redirect(2, stderr, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-    sys.stdin = open(0, closefd=False)
-    sys.stdout = open(1, "w", buffering=1, closefd=False)
-    sys.stderr = open(2, "w", buffering=1, closefd=False)
+    zygote.reopen_standard_files()
     sys.argv = ["trt", *args]
     if prepare:
         module, _, name = prepare.partition(":")
@@ -92,7 +67,7 @@ def _main(
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
-    os._exit(code)  # no atexit of the forkserver's modules
+    os._exit(code)  # no atexit of the zygote's modules
 
 
 class Trt:
@@ -120,32 +95,29 @@ class Trt:
             stdin_path.write_text(stdin, encoding="utf-8")
         self.stdout_path = stdout or self._dir / "stdout"
         self.stderr_path = stderr or self._dir / "stderr"
-        io = (str(stdin_path), str(self.stdout_path), str(self.stderr_path))
-        self._process: BaseProcess = forkserver().Process(
-            target=_main, args=(list(args), dict(env), str(cwd), io, prepare), daemon=False
+        io = [str(stdin_path), str(self.stdout_path), str(self.stderr_path)]
+        self._child = zygote.start(
+            "tests.warm:_main", [list(args), io, prepare], env=dict(env), cwd=str(cwd)
         )
-        self._process.start()
-        assert self._process.pid is not None
-        self.pid: int = self._process.pid
+        self.pid: int = self._child.pid
 
     @property
     def returncode(self) -> int | None:
-        return self._process.exitcode
+        return self._child.poll()
 
     async def wait(self) -> int:
         """The exit code, negative for a signal, as asyncio's processes report it."""
         loop = asyncio.get_running_loop()
         done = loop.create_future()
-        loop.add_reader(self._process.sentinel, done.set_result, None)
+        loop.add_reader(self._child.fileno(), done.set_result, None)
         try:
             await done
         finally:
-            loop.remove_reader(self._process.sentinel)
+            loop.remove_reader(self._child.fileno())
         return self.join()
 
     def join(self, timeout: float | None = None) -> int:
-        self._process.join(timeout)
-        code = self._process.exitcode
+        code = self._child.join(timeout)
         if code is None:
             raise subprocess.TimeoutExpired(["trt"], timeout or 0)
         return code
@@ -154,7 +126,7 @@ class Trt:
         os.kill(self.pid, number)
 
     def kill(self) -> None:
-        self._process.kill()
+        self._child.kill()
 
     def stdout(self) -> str:
         return _read(self.stdout_path)
