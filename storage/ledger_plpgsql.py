@@ -47,21 +47,16 @@ from storage.ledger_program import (
     programs,
     replayed_transfer,
 )
+from storage.ledger_source import INSTALLED, keyed
 
 PREFIX = "ledger_"
 _VERSION = "__version__"  # in the generated text until the digest of that text is known
 MARK = "trt ledger program "  # + "<digest> #<n>": the nth version `install` installed
-_NOTE = re.compile(re.escape(MARK) + r"([0-9a-f]+) #([0-9]+)$")
+# ... and " source <key>/<count>" (storage.ledger_source), absent on older installs.
+_NOTE = re.compile(re.escape(MARK) + r"([0-9a-f]+) #([0-9]+)(?: source [0-9a-f]+/[0-9]+)?$")
 KEEP = 3  # versions kept: the new one and the two before it (instances still running)
 # One installer at a time (replicas starting together); any constant shared by all.
 _INSTALL_LOCK = text("SELECT pg_advisory_xact_lock(7301522811)")
-
-_INSTALLED = text(
-    "SELECT p.oid::regprocedure::text AS signature, p.proname AS name,"
-    " obj_description(p.oid, 'pg_proc') AS note"
-    " FROM pg_proc p WHERE p.proname LIKE 'ledger\\_%'"
-    " AND p.pronamespace = current_schema()::regnamespace"
-)
 
 
 class _Compiler(PGCompiler):
@@ -279,7 +274,7 @@ def definitions() -> dict[str, str]:
 
 
 async def _installed(conn: AsyncConnection) -> list[tuple[str, str, str | None]]:
-    return [(row.signature, row.name, row.note) for row in await conn.execute(_INSTALLED)]
+    return [(row.signature, row.name, row.note) for row in await conn.execute(INSTALLED)]
 
 
 def _version(note: str | None) -> tuple[str, int] | None:
@@ -300,13 +295,26 @@ async def problem(conn: AsyncConnection) -> str | None:
     )
 
 
+async def _key(conn: AsyncConnection, installed: list[tuple[str, str, str | None]]) -> None:
+    """This code's key on each function of its version (installed before keys were
+    written, or from files that differ in what does not change the text), so that the
+    next `trt migrate` knows it at once (storage.ledger_source)."""
+    suffix = keyed(len(definitions()))
+    for signature, _, note in installed:
+        version = _version(note)
+        if version is not None and version[0] == digest() and not (note or "").endswith(suffix):
+            comment = f"{MARK}{digest()} #{version[1]}{suffix}"
+            await conn.exec_driver_sql(f"COMMENT ON FUNCTION {signature} IS '{comment}'")
+
+
 async def install(conn: AsyncConnection) -> bool:
     """Installs this code's version when it is missing, in the caller's transaction, and
     drops the versions older than the newest `KEEP`; True when it installed."""
     await conn.execute(_INSTALL_LOCK)
-    if await problem(conn) is None:
-        return False
     installed = await _installed(conn)
+    if await problem(conn) is None:
+        await _key(conn, installed)
+        return False
     wanted = {signature.split("(")[0] for signature in definitions()}
     for signature, name, _ in installed:
         if name in wanted:  # a partial or edited copy of this version
@@ -316,7 +324,7 @@ async def install(conn: AsyncConnection) -> bool:
     for signature, definition in definitions().items():
         # One statement per execute: asyncpg prepares each, and it holds one command.
         await conn.exec_driver_sql(definition)
-        comment = f"{MARK}{digest()} #{number}"
+        comment = f"{MARK}{digest()} #{number}{keyed(len(definitions()))}"
         await conn.exec_driver_sql(f"COMMENT ON FUNCTION {signature} IS '{comment}'")
     for signature, name, note in installed:
         version = _version(note)

@@ -18,7 +18,7 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 
 from alembic import command
-from storage import ledger_plpgsql
+from storage import ledger_plpgsql, ledger_source
 from storage.db import create_engine
 from storage.ledger import Ledger
 from storage.migrate import (
@@ -65,10 +65,12 @@ async def test_a_database_at_the_head_is_left_alone_and_alembic_is_not_imported(
     migrated_database_url: str, tmp_path: Path
 ) -> None:
     """`trt migrate` on a database at the head: it answers without importing Alembic
-    (on PostgreSQL after checking that this code's ledger functions are there)."""
+    (on PostgreSQL after checking that this code's ledger functions are there, by their
+    source key: without generating them)."""
     probe = (
         "import sys; from storage.migrate import upgrade_to_head; upgrade_to_head(sys.argv[1]);"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('alembic', 'aiogram')))"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('alembic', 'aiogram')"
+        " or m in ('storage.ledger_plpgsql', 'storage.ledger_program')))"
     )
     done = await asyncio.to_thread(
         subprocess.run,
@@ -278,3 +280,68 @@ async def test_ledger_functions_are_versioned_and_only_ours_are_replaced(
         assert (await Ledger(engine).balance(account)).available == 700
     finally:
         await engine.dispose()
+
+
+def test_the_source_key_covers_every_module_the_functions_are_generated_from() -> None:
+    """storage.ledger_source.SOURCES must name every module of ours that generating the
+    ledger functions imports: a file left out could change the functions while the key
+    said the installed ones were this code's."""
+    probe = (
+        "import sys; import sqlalchemy.ext.asyncio; before = set(sys.modules);"
+        "from storage import ledger_plpgsql; ledger_plpgsql.definitions();"
+        "print('\\n'.join(sorted(m.__file__ for n, m in sys.modules.items()"
+        " if n not in before and getattr(m, '__file__', None)"
+        " and m.__file__.startswith(sys.argv[1]))))"
+    )
+    storage = str(ROOT / "storage") + os.sep
+    done = subprocess.run(
+        [sys.executable, "-c", probe, storage],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    imported = {Path(line).relative_to(storage).as_posix() for line in done.stdout.split()}
+    assert "ledger_program.py" in imported  # the probe saw the generator's imports
+    assert imported - {"__init__.py"} <= set(ledger_source.SOURCES)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_migrate_at_the_head_trusts_the_key_only_when_every_function_carries_it(
+    database_url: str,
+) -> None:
+    """The quick check at the head says yes only when all of this code's functions carry
+    its key: a function dropped by hand is installed again, and functions installed
+    before keys were written get them from the next `trt migrate`."""
+    url = database_url
+    await asyncio.to_thread(upgrade_to_head, url)
+
+    async def quick() -> bool:
+        engine = create_engine(DatabaseSettings(database_url=url))
+        try:
+            async with engine.connect() as connection:
+                return await ledger_source.installed_here(connection)
+        finally:
+            await engine.dispose()
+
+    assert await quick() is True
+    first = next(iter(ledger_plpgsql.definitions()))
+
+    def drop(connection: Connection) -> None:
+        connection.execute(text(f"DROP FUNCTION {first}"))
+
+    await on_connection(url, drop)
+    assert await quick() is False
+    await asyncio.to_thread(upgrade_to_head, url)
+    assert await migration_problem(url) is None and await quick() is True
+
+    def unkey(connection: Connection) -> None:
+        note = f"{ledger_plpgsql.MARK}{ledger_plpgsql.digest()} #1"
+        for signature in ledger_plpgsql.definitions():
+            connection.execute(text(f"COMMENT ON FUNCTION {signature} IS '{note}'"))
+
+    await on_connection(url, unkey)
+    assert await quick() is False and await migration_problem(url) is None
+    await asyncio.to_thread(upgrade_to_head, url)
+    assert await quick() is True
