@@ -127,7 +127,7 @@ class Child:
         return self.poll()
 
     def kill(self) -> None:
-        if self._code is None:
+        if self.poll() is None:  # not once it is reaped: its pid may be another's by then
             try:
                 os.kill(self.pid, signal.SIGKILL)
             except ProcessLookupError:
